@@ -1,0 +1,1 @@
+"""Model adapters: one module per resampler family, behind the contract in base.py."""

@@ -1,0 +1,141 @@
+"""Find a checkpoint's files and read only the tensors extraction needs.
+
+A 7B LLM is 28 GB in fp32; extraction needs the vision encoder, the resampler, the projection and the
+token-embedding table. We read the safetensors index, fetch only the shards holding those tensors,
+and read those tensors alone (safe_open reads by offset), so decoder layers are never materialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+
+from ..errors import SpatialbenchError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+META_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPATIALBENCH_CACHE", Path.home() / ".cache" / "spatialbench"))
+
+
+class Checkpoint:
+    """A checkpoint directory (local, or a Hub snapshot fetched lazily) and its weight map."""
+
+    def __init__(self, root: Path, repo_id: str | None = None, revision: str | None = None):
+        self.root, self.repo_id, self.revision = root, repo_id, revision
+        index = root / INDEX
+        if index.is_file():
+            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        elif (root / SINGLE).is_file() or repo_id:
+            self.weight_map = self._single_file_map()
+        else:
+            raise SpatialbenchError(
+                f"no {INDEX} or {SINGLE} in {root}",
+                fix="point the model card's checkpoint at a directory written by save_pretrained",
+            )
+
+    def _single_file_map(self) -> dict[str, str]:
+        path = self._file(SINGLE)
+        with safe_open(str(path), framework="pt") as f:
+            return {k: SINGLE for k in f.keys()}
+
+    def _file(self, name: str) -> Path:
+        local = self.root / name
+        if local.is_file() or not self.repo_id:
+            return local
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
+
+    def load(self, wanted: Callable[[str], bool], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every tensor whose name satisfies `wanted`, read shard by shard; nothing else is read."""
+        by_shard: dict[str, list[str]] = {}
+        for key, shard in self.weight_map.items():
+            if wanted(key):
+                by_shard.setdefault(shard, []).append(key)
+        out: dict[str, torch.Tensor] = {}
+        for shard, keys in sorted(by_shard.items()):
+            with safe_open(str(self._file(shard)), framework="pt") as f:
+                for key in keys:
+                    t = f.get_tensor(key)
+                    out[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        return out
+
+    def fingerprint(self) -> str:
+        """Hub checkpoints: repo@commit. Local ones: a digest of config, index and weight contents."""
+        if self.repo_id:
+            return f"{self.repo_id}@{self.root.name}"
+        h = hashlib.sha256()
+        for name in sorted(p.name for p in self.root.iterdir() if p.suffix in (".json", ".safetensors")):
+            h.update(name.encode())
+            with open(self.root / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return f"local:{self.root.name}:{h.hexdigest()[:16]}"
+
+
+def resolve(checkpoint: str, revision: str, cache_dir: Path | None = None) -> Checkpoint:
+    """A local directory, tiny:<name> (built in code on first use), or a Hub repo id."""
+    if checkpoint.startswith("tiny:"):
+        from .tiny import materialise
+
+        return Checkpoint(materialise(checkpoint.removeprefix("tiny:"), cache_dir or default_cache_dir()))
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return Checkpoint(path)
+    return _from_hub(checkpoint, revision)
+
+
+def _from_hub(repo_id: str, revision: str) -> Checkpoint:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        # Only metadata now; weight shards are fetched one by one when their tensors are wanted.
+        root = Path(snapshot_download(repo_id, revision=revision, allow_patterns=META_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise SpatialbenchError(
+            f"checkpoint '{repo_id}' (revision {revision}) is not in the local Hugging Face cache and the Hub "
+            "cannot be reached (HF_HUB_OFFLINE is set or there is no network)",
+            field="checkpoint",
+            fix=f"run once online (`huggingface-cli download {repo_id}`), or set checkpoint to a local directory",
+        ) from None
+    except (HfHubHTTPError, ValueError, OSError) as e:
+        raise SpatialbenchError(f"cannot fetch '{repo_id}': {e}", field="checkpoint") from None
+    return Checkpoint(root, repo_id=repo_id, revision=revision)
+
+
+def input_embedding_key(text_config, prefix: str) -> str:
+    """The checkpoint name of the LLM's input-embedding table, found on a weightless (meta) LLM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    with torch.device("meta"):
+        try:
+            lm = AutoModelForCausalLM.from_config(text_config)
+        except ValueError:
+            lm = AutoModelForSeq2SeqLM.from_config(text_config)
+    table = lm.get_input_embeddings()
+    name = next(n for n, m in lm.named_modules() if m is table)
+    return f"{prefix}{name}.weight"
+
+
+def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """Fill a module built on the meta device with checkpoint tensors; every parameter must be there."""
+    state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    still_meta = [n for n, b in module.named_buffers() if b.is_meta]
+    if missing or unexpected or still_meta:
+        raise SpatialbenchError(
+            f"checkpoint does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"unset buffers {still_meta[:5]}",
+            field="checkpoint",
+        )

@@ -1,0 +1,1 @@
+"""Data sources: synthetic scenes and (later) real datasets, as examples over images."""

@@ -1,0 +1,156 @@
+"""Everything a user writes or reads, as pydantic models that refuse unknown keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TaskKind = Literal["region_localization", "relation", "vsr", "grounding"]
+SplitName = Literal["train", "validation", "test"]
+SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
+
+# The metrics each target type can report; the first listed in a task is its headline.
+TARGET_METRICS: dict[str, tuple[str, ...]] = {
+    "class": ("accuracy", "macro_f1"),
+    "grid": ("accuracy", "macro_f1"),
+    "box": ("acc_iou50", "mean_iou"),
+}
+DEFAULT_TARGET: dict[str, str] = {
+    "region_localization": "box",
+    "relation": "class",
+    "vsr": "class",
+    "grounding": "box",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProbeSpec(Strict):
+    """The probe head and how it is trained."""
+
+    architecture: Literal["linear", "mlp", "attention"] = "mlp"
+    width: int = Field(128, ge=1, description="hidden width (mlp, attention)")
+    depth: int = Field(2, ge=1, description="hidden layers (mlp) or transformer layers (attention)")
+    heads: int = Field(4, ge=1, description="attention heads (attention probe)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(5, ge=1, description="early stopping: epochs without validation gain")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ProbeSpec:
+        if self.architecture == "attention" and self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class SyntheticDataset(Strict):
+    """Seeded synthetic scenes: shapes of several colours with exact boxes and relations.
+
+    Scenes depend only on seed, image size, object counts and split sizes, so tasks that share
+    those share their images (and their extracted features).
+    """
+
+    source: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    image_size: int = Field(224, ge=16)
+    sizes: dict[SplitName, int] = Field(
+        default_factory=lambda: {"train": 600, "validation": 150, "test": 300},
+        description="number of scenes per split",
+    )
+    min_objects: int = Field(2, ge=2)
+    max_objects: int = Field(5, ge=2, le=8)
+    grid: int | None = Field(None, ge=2, description="region_localization: predict the G x G cell")
+    zero_shot: bool = Field(False, description="vsr: test statements use held-out shape-colour combos")
+    relation_margin: float = Field(
+        0.05, ge=0.0, lt=0.5, description="drop pairs whose two axis offsets differ by less (fraction of side)"
+    )
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> SyntheticDataset:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})")
+        missing = [s for s in SPLITS if s not in self.sizes]
+        if missing:
+            raise ValueError(f"sizes lacks split(s) {missing}")
+        return self
+
+
+DatasetSpec = SyntheticDataset
+
+
+class TaskSpec(Strict):
+    """One probe task, as declared in tasks/*.yaml."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: TaskKind
+    description: str = ""
+    version: int = Field(1, ge=1)
+    groups: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    dataset: DatasetSpec = Field(discriminator="source")
+    splits: dict[SplitName, str] = Field(
+        default_factory=lambda: {s: s for s in SPLITS}, description="our split -> the source's split"
+    )
+    target: Literal["class", "grid", "box"] | None = None
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    metrics: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _resolve_target_and_metrics(self) -> TaskSpec:
+        if self.target is None:
+            grid = getattr(self.dataset, "grid", None)
+            self.target = "grid" if (self.kind == "region_localization" and grid) else DEFAULT_TARGET[self.kind]
+        allowed = TARGET_METRICS[self.target]
+        if not self.metrics:
+            self.metrics = list(allowed)
+        bad = [m for m in self.metrics if m not in allowed]
+        if bad:
+            raise ValueError(f"metrics {bad} do not apply to target '{self.target}'; choose from {list(allowed)}")
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"splits lacks {missing}")
+        return self
+
+    @property
+    def headline(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def implicit(self) -> bool:
+        return self.kind in ("vsr", "grounding")
+
+
+class ModelCard(Strict):
+    """One checkpoint, as declared in models/*.yaml."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    family: str
+    checkpoint: str = Field(description="Hub id, local directory, or tiny:<name> for a model built in code")
+    revision: str = "main"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    point: Literal["resampler", "projected"] = Field("projected", description="extraction point")
+    description: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(Strict):
+    """One `spatialbench run`."""
+
+    model: str
+    tasks: list[str]
+    seeds: int = Field(3, ge=1)
+    limit: int | None = Field(None, ge=1, description="testing only: cap examples per split")
+    output: Path = Path("results")
+    batch_size: int = Field(32, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: Path | None = None
+    include_paths: list[Path] = Field(default_factory=list)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    command: str = ""

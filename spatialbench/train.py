@@ -1,0 +1,143 @@
+"""Fit one probe per seed under accelerate: train on train, early-stop on validation, score test."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, TensorDataset
+
+from . import metrics
+from .probes import ProbeShape, box_loss, build_probe, to_box
+from .specs import ProbeSpec
+
+
+@dataclass
+class Split:
+    """One split as tensors; `image` indexes rows of ProbeInputs.features."""
+
+    image: torch.Tensor  # [N] long
+    query: torch.Tensor  # [N, S] category ids, or [N] rows of ProbeInputs.text
+    target: torch.Tensor  # [N] long, or [N, 4] normalised boxes
+    sizes: np.ndarray  # [N, 2] original (width, height): IoU is scored in pixels
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass
+class ProbeInputs:
+    features: torch.Tensor  # [n_images, Q, D], standardised with train statistics
+    splits: dict[str, Split]
+    shape: ProbeShape
+    box: bool
+    text: torch.Tensor | None = None  # [n_texts, L, Dt]
+    text_mask: torch.Tensor | None = None
+
+
+@dataclass
+class FitResult:
+    seed: int
+    test_pred: np.ndarray
+    best_epoch: int
+    epochs_run: int
+    val_score: float
+    seconds: float
+    history: list[float] = field(default_factory=list)
+
+
+def standardise(features: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
+    """Per-dimension z-scores with train statistics: prompts vary in scale by orders of magnitude."""
+    train = features[train_rows.unique()].float()
+    mean = train.mean(dim=(0, 1), keepdim=True)
+    std = train.std(dim=(0, 1), keepdim=True).clamp(min=1e-6)
+    return ((features.float() - mean) / std).contiguous()
+
+
+def score(name: str, pred: np.ndarray, split: Split, box: bool) -> float:
+    target = split.target.numpy()
+    if box:
+        return metrics.METRICS[name](metrics.denormalise(pred, split.sizes), metrics.denormalise(target, split.sizes))
+    return metrics.METRICS[name](pred, target)
+
+
+class _Batcher:
+    def __init__(self, inputs: ProbeInputs, device: torch.device):
+        self.inputs, self.device = inputs, device
+
+    def __call__(self, split: Split, rows: torch.Tensor):
+        rows = rows.cpu()
+        visual = self.inputs.features[split.image[rows]].to(self.device)
+        query = split.query[rows]
+        mask = None
+        if self.inputs.text is not None:
+            mask = self.inputs.text_mask[query].to(self.device)
+            query = self.inputs.text[query]
+        return visual, query.to(self.device), mask, split.target[rows].to(self.device)
+
+
+def _predict(model, inputs: ProbeInputs, split: Split, accelerator: Accelerator, batch: _Batcher) -> np.ndarray:
+    loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(len(split))), batch_size=256))
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for (rows,) in loader:
+            visual, query, mask, _ = batch(split, rows)
+            raw = model(visual, query, mask)
+            out = to_box(raw) if inputs.box else raw.argmax(-1)
+            outs.append(accelerator.gather_for_metrics(out).cpu())
+    return torch.cat(outs).numpy()
+
+
+def fit(
+    inputs: ProbeInputs,
+    spec: ProbeSpec,
+    seed: int,
+    headline: str,
+    accelerator: Accelerator,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Train one probe; keep the weights of the best validation epoch; predict the test split."""
+    start = time.perf_counter()
+    set_seed(seed)
+    model = build_probe(inputs.shape, spec)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    train = inputs.splits["train"]
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(torch.arange(len(train))), batch_size=spec.batch_size, shuffle=True,
+                        generator=generator)
+    model, optimiser, loader = accelerator.prepare(model, optimiser, loader)
+    batch = _Batcher(inputs, accelerator.device)
+    loss_fn = (lambda raw, t: box_loss(to_box(raw), t)) if inputs.box else torch.nn.functional.cross_entropy
+
+    best, best_epoch, best_state, history = -np.inf, 0, None, []
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        for (rows,) in loader:
+            visual, query, mask, target = batch(train, rows)
+            loss = loss_fn(model(visual, query, mask), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"seed {seed}: loss became {loss.item()} at epoch {epoch}; lower the lr")
+            optimiser.zero_grad()
+            accelerator.backward(loss)
+            optimiser.step()
+        val = score(headline, _predict(model, inputs, inputs.splits["validation"], accelerator, batch),
+                    inputs.splits["validation"], inputs.box)
+        history.append(val)
+        if on_epoch:
+            on_epoch(epoch, val)
+        if val > best:
+            best, best_epoch = val, epoch
+            best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+        elif epoch - best_epoch >= spec.patience:
+            break
+    accelerator.unwrap_model(model).load_state_dict(best_state)
+    test_pred = _predict(model, inputs, inputs.splits["test"], accelerator, batch)
+    accelerator.free_memory()
+    return FitResult(seed, test_pred, best_epoch, len(history), float(best), time.perf_counter() - start, history)

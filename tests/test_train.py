@@ -1,0 +1,120 @@
+"""Sanity oracles for the probing machinery: features that encode the answer, and shuffled labels."""
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+from spatialbench import metrics
+from spatialbench.probes import ProbeShape
+from spatialbench.specs import ProbeSpec
+from spatialbench.train import ProbeInputs, Split, fit, standardise
+
+N = {"train": 600, "validation": 150, "test": 300}
+Q, D, K = 4, 8, 4
+
+
+def _splits(targets: dict, query) -> dict:
+    out, start = {}, 0
+    for name, n in N.items():
+        out[name] = Split(torch.arange(start, start + n), query[start:start + n], targets[name],
+                          np.full((n, 2), 100.0))
+        start += n
+    return out
+
+
+def _class_inputs(encode: bool, implicit: bool = False) -> ProbeInputs:
+    g = torch.Generator().manual_seed(0)
+    total = sum(N.values())
+    target = torch.randint(0, K, (total,), generator=g)
+    features = torch.randn(total, Q, D, generator=g) * 0.3
+    if encode:  # the answer is written into token 0, one-hot
+        features[torch.arange(total), 0, target] += 3.0
+    else:  # shuffled labels: targets are independent of the features
+        target = target[torch.randperm(total, generator=g)]
+    if implicit:
+        query = torch.randint(0, 5, (total,), generator=g)
+        text, mask = torch.randn(5, 3, 6, generator=g), torch.ones(5, 3, dtype=torch.long)
+        shape = ProbeShape(Q, D, K, text_dim=6)
+    else:
+        query = torch.randint(0, 10, (total, 1), generator=g)
+        text = mask = None
+        shape = ProbeShape(Q, D, K, n_categories=10, n_slots=1)
+    split_targets, start = {}, 0
+    for name, n in N.items():
+        split_targets[name] = target[start:start + n]
+        start += n
+    splits = _splits(split_targets, query)
+    return ProbeInputs(standardise(features, splits["train"].image), splits, shape, box=False, text=text,
+                       text_mask=mask)
+
+
+def _box_inputs() -> ProbeInputs:
+    g = torch.Generator().manual_seed(1)
+    total = sum(N.values())
+    centre = torch.rand(total, 2, generator=g) * 0.5 + 0.25
+    size = torch.rand(total, 2, generator=g) * 0.3 + 0.1
+    boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+    features = torch.randn(total, Q, D, generator=g) * 0.01
+    features[:, 0, :2] += torch.logit(centre)  # linear in what the box head's sigmoid inverts
+    features[:, 0, 2:4] += torch.logit(size)
+    query = torch.zeros(total, 1, dtype=torch.long)
+    targets, start = {}, 0
+    for name, n in N.items():
+        targets[name] = boxes[start:start + n]
+        start += n
+    splits = _splits(targets, query)
+    return ProbeInputs(standardise(features, splits["train"].image), splits,
+                       ProbeShape(Q, D, 4, n_categories=1, n_slots=1), box=True)
+
+
+def _spec(arch: str, **kw) -> ProbeSpec:
+    options = dict(architecture=arch, width=32, depth=1, heads=2, lr=3e-3, epochs=40, patience=8)
+    return ProbeSpec(**{**options, **kw})
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+def test_probe_reads_features_that_encode_the_class(arch):
+    inputs = _class_inputs(encode=True)
+    result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
+    assert metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy()) >= 0.95
+
+
+def test_attention_probe_with_text_queries_reads_the_class():
+    inputs = _class_inputs(encode=True, implicit=True)
+    result = fit(inputs, _spec("attention"), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
+    assert metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy()) >= 0.95
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+def test_box_probe_reads_features_that_encode_the_box(arch):
+    inputs = _box_inputs()
+    result = fit(inputs, _spec(arch, epochs=80, patience=15), seed=0, headline="acc_iou50",
+                 accelerator=Accelerator(cpu=True))
+    test = inputs.splits["test"]
+    assert metrics.METRICS["acc_iou50"](result.test_pred, test.target.numpy()) >= 0.95
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+def test_probe_on_shuffled_labels_stays_at_chance(arch):
+    inputs = _class_inputs(encode=False)
+    result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
+    acc = metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy())
+    noise = 3 * np.sqrt(0.25 * 0.75 / N["test"])
+    assert abs(acc - 1 / K) <= noise + 0.02
+
+
+def test_same_seed_gives_identical_predictions():
+    inputs = _class_inputs(encode=True)
+    a = fit(inputs, _spec("mlp", epochs=3), seed=5, headline="accuracy", accelerator=Accelerator(cpu=True))
+    b = fit(inputs, _spec("mlp", epochs=3), seed=5, headline="accuracy", accelerator=Accelerator(cpu=True))
+    assert np.array_equal(a.test_pred, b.test_pred) and a.history == b.history
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    inputs = _class_inputs(encode=False)
+    result = fit(inputs, _spec("mlp", epochs=30, patience=2), seed=0, headline="accuracy",
+                 accelerator=Accelerator(cpu=True))
+    assert result.epochs_run < 30
+    assert result.val_score == max(result.history)
+    assert result.history[result.best_epoch - 1] == result.val_score
