@@ -82,17 +82,20 @@ class _Batcher:
         return visual, query.to(self.device), mask, split.target[rows].to(self.device)
 
 
-def _predict(model, inputs: ProbeInputs, split: Split, accelerator: Accelerator, batch: _Batcher) -> np.ndarray:
+def _predict(model, inputs: ProbeInputs, split: Split, accelerator: Accelerator, batch: _Batcher,
+             loss_fn) -> tuple[np.ndarray, float]:
+    """Predictions for a split, and the mean loss over it."""
     loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(len(split))), batch_size=256))
     model.eval()
-    outs = []
+    outs, losses = [], []
     with torch.no_grad():
         for (rows,) in loader:
-            visual, query, mask, _ = batch(split, rows)
+            visual, query, mask, target = batch(split, rows)
             raw = model(visual, query, mask)
             out = to_box(raw) if inputs.box else raw.argmax(-1)
             outs.append(accelerator.gather_for_metrics(out).cpu())
-    return torch.cat(outs).numpy()
+            losses.append(accelerator.gather_for_metrics(loss_fn(raw, target).reshape(1) * len(rows)).sum().cpu())
+    return torch.cat(outs).numpy(), float(sum(losses) / len(split))
 
 
 def fit(
@@ -116,7 +119,8 @@ def fit(
     batch = _Batcher(inputs, accelerator.device)
     loss_fn = (lambda raw, t: box_loss(to_box(raw), t)) if inputs.box else torch.nn.functional.cross_entropy
 
-    best, best_epoch, best_state, history = -np.inf, 0, None, []
+    # Select on the validation metric; its loss breaks ties (a metric flat at 0 must not pin epoch 1).
+    best, best_epoch, best_state, history = (-np.inf, -np.inf), 0, None, []
     for epoch in range(1, spec.epochs + 1):
         model.train()
         for (rows,) in loader:
@@ -127,17 +131,17 @@ def fit(
             optimiser.zero_grad()
             accelerator.backward(loss)
             optimiser.step()
-        val = score(headline, _predict(model, inputs, inputs.splits["validation"], accelerator, batch),
-                    inputs.splits["validation"], inputs.box)
+        pred, val_loss = _predict(model, inputs, inputs.splits["validation"], accelerator, batch, loss_fn)
+        val = score(headline, pred, inputs.splits["validation"], inputs.box)
         history.append(val)
         if on_epoch:
             on_epoch(epoch, val)
-        if val > best:
-            best, best_epoch = val, epoch
+        if (val, -val_loss) > best:
+            best, best_epoch = (val, -val_loss), epoch
             best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
         elif epoch - best_epoch >= spec.patience:
             break
     accelerator.unwrap_model(model).load_state_dict(best_state)
-    test_pred = _predict(model, inputs, inputs.splits["test"], accelerator, batch)
+    test_pred, _ = _predict(model, inputs, inputs.splits["test"], accelerator, batch, loss_fn)
     accelerator.free_memory()
-    return FitResult(seed, test_pred, best_epoch, len(history), float(best), time.perf_counter() - start, history)
+    return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history)

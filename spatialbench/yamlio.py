@@ -41,7 +41,7 @@ def read_yaml(path: Path) -> dict:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(e, "problem", None) or str(e)
-        fix = "YAML indents with spaces only" if "\t" in text and "tab" in str(e).lower() else None
+        fix = "YAML indents with spaces only: replace the tabs" if "\t" in text and "\\t" in str(problem) else None
         raise SpatialbenchError(f"invalid YAML: {problem}", file=str(path), field=where, fix=fix) from None
     if not isinstance(data, dict):
         raise SpatialbenchError(

@@ -59,9 +59,13 @@ class Blip2Adapter(Adapter):
             parts = Blip2Parts(config)
         materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
         dtype = DTYPES[card.dtype]
-        parts.to(dtype)
-        parts.qformer.float()  # kept in fp32 under a half-precision load, as transformers does
-        parts.query_tokens.data = parts.query_tokens.data.float()
+        parts.vision_model.to(dtype)
+        parts.language_projection.to(dtype)
+        # As transformers does: under float16 the Q-Former and queries stay fp32 (_keep_in_fp32_modules);
+        # under bfloat16 they are cast like the rest.
+        resampler_dtype = torch.float32 if dtype == torch.float16 else dtype
+        parts.qformer.to(resampler_dtype)
+        parts.query_tokens.data = parts.query_tokens.data.to(resampler_dtype)
         embeddings = nn.Embedding.from_pretrained(tensors[embed_key].to(dtype), freeze=True)
         adapter = cls(card, ckpt, parts, embeddings,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),

@@ -53,8 +53,18 @@ class Checkpoint:
         if local.is_file() or not self.repo_id:
             return local
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-        return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
+        try:
+            return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
+        except LocalEntryNotFoundError:
+            raise SpatialbenchError(
+                f"'{name}' of checkpoint '{self.repo_id}' is not in the local Hugging Face cache and the Hub cannot "
+                "be reached (HF_HUB_OFFLINE is set or there is no network)", field="checkpoint",
+                fix=f"run once online: `hf download {self.repo_id}`",
+            ) from None
+        except (HfHubHTTPError, OSError) as e:
+            raise SpatialbenchError(f"cannot fetch '{name}' of '{self.repo_id}': {e}", field="checkpoint") from None
 
     def load(self, wanted: Callable[[str], bool], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Every tensor whose name satisfies `wanted`, read shard by shard; nothing else is read."""
@@ -107,7 +117,7 @@ def _from_hub(repo_id: str, revision: str) -> Checkpoint:
             f"checkpoint '{repo_id}' (revision {revision}) is not in the local Hugging Face cache and the Hub "
             "cannot be reached (HF_HUB_OFFLINE is set or there is no network)",
             field="checkpoint",
-            fix=f"run once online (`huggingface-cli download {repo_id}`), or set checkpoint to a local directory",
+            fix=f"run once online (`hf download {repo_id}`), or set checkpoint to a local directory",
         ) from None
     except (HfHubHTTPError, ValueError, OSError) as e:
         raise SpatialbenchError(f"cannot fetch '{repo_id}': {e}", field="checkpoint") from None

@@ -1,0 +1,174 @@
+"""The `spatialbench` command line."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SpatialbenchError, ValidationErrors
+from .specs import ModelCard, RunConfig, TaskSpec
+
+app = typer.Typer(help="Probe whether a resampler's visual prompt keeps spatial information.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(error: SpatialbenchError) -> None:
+    err.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+    raise typer.Exit(2)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    no = "no"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="model card name (see `ls models`) or a card's YAML path")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="all, a group, or task names, comma-separated")] = "all",
+    seeds: Annotated[int, typer.Option(help="probe seeds per task", min=1)] = 3,
+    limit: Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)] = None,
+    output: Annotated[Path, typer.Option(help="results go to OUTPUT/<model>/results.json")] = Path("results"),
+    batch_size: Annotated[int, typer.Option(help="images per extraction batch", min=1)] = 32,
+    device: Annotated[Device, typer.Option(help="where the model and probes run")] = Device.auto,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
+    include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
+    mixed_precision: Annotated[Precision, typer.Option(help="probe training precision (accelerate)")] = Precision.no,
+) -> None:
+    """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
+    from .report import Reporter
+    from .runner import Runner
+
+    _quiet_libraries()
+    try:
+        config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
+                           device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
+                           mixed_precision=mixed_precision.value, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+        reporter = Reporter(err)
+        runner = Runner(config, reporter)
+        result = runner.run()
+    except SpatialbenchError as e:
+        _fail(e)
+    reporter.summary(result, str(runner.results_path))
+    failed = [t.name for t in result.tasks.values() if t.status == "failed"]
+    if failed:
+        err.print(f"[red]{len(failed)} task(s) failed:[/red] {', '.join(failed)} (reasons in the results JSON)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="where the demo's results go")] = Path("results/demo"),
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+) -> None:
+    """The embedded default: the tiny BLIP-2 built in code on every synthetic task. Offline, CPU, minutes."""
+    run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
+        device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no)
+
+
+class Listing(str, Enum):
+    tasks = "tasks"
+    models = "models"
+    groups = "groups"
+
+
+@app.command("ls")
+def ls(
+    what: Annotated[Listing, typer.Argument(help="tasks, models or groups")],
+    include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
+) -> None:
+    """List the registered tasks, model cards or task groups."""
+    from .adapters.base import families
+    from .registry import ModelRegistry, TaskRegistry
+
+    try:
+        if what is Listing.models:
+            reg = ModelRegistry()
+            table = Table("model", "family", "checkpoint", "point", "available")
+            known = families()
+            for name in reg.names():
+                card = reg.get(name)
+                table.add_row(name, card.family, card.checkpoint, card.point,
+                              "yes" if card.family in known else "[red]family not installed[/red]")
+        elif what is Listing.groups:
+            reg = TaskRegistry(include_path or [])
+            table = Table("group", "tasks")
+            for group, names in reg.groups().items():
+                table.add_row(group, ", ".join(names))
+        else:
+            reg = TaskRegistry(include_path or [])
+            table = Table("task", "kind", "target", "groups", "version")
+            table.columns[0].no_wrap = True
+            for name in reg.names():
+                t = reg.get(name)
+                table.add_row(name, t.kind, t.target, ", ".join(t.groups), str(t.version))
+    except SpatialbenchError as e:
+        _fail(e)
+    out.print(table)
+
+
+@app.command()
+def validate(
+    files: Annotated[Optional[list[Path]], typer.Argument(help="task YAMLs or model cards [default: all built-in]")] = None,
+) -> None:
+    """Check task YAMLs and model cards; every problem is reported as file: field: what was wrong."""
+    from .registry import ModelRegistry, TaskRegistry, load_spec
+    from .yamlio import read_yaml
+
+    problems: list[SpatialbenchError] = []
+    checked = 0
+    if not files:
+        for registry in (TaskRegistry, ModelRegistry):
+            try:
+                checked += len(registry().names())
+            except ValidationErrors as e:
+                problems += e.errors
+    for path in files or []:
+        try:
+            kind = ModelCard if "family" in read_yaml(path) else TaskSpec
+            load_spec(path, kind)
+            checked += 1
+        except ValidationErrors as e:
+            problems += e.errors
+        except SpatialbenchError as e:
+            problems.append(e)
+    for problem in problems:
+        err.print(f"[red]✗[/red] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"[green]✓[/green] {checked} file(s) valid")
+
+
+def _quiet_libraries() -> None:
+    """transformers' fallback and progress chatter would bury the run's own output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Visual prompts, extracted once per unique image and cached on disk as safetensors.
+
+An entry's key is a digest of the adapter fingerprint (checkpoint, revision or content, extraction
+point, dtype) and the image content, so a changed checkpoint or image can never hit a stale entry.
+Entries are written to a temporary file and renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .adapters.base import Adapter
+from .atomic import atomic_write
+
+ImageLoader = Callable[[], Image.Image]
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class FeatureStore:
+    """The on-disk cache of one adapter's visual prompts; counts what it extracts and reuses."""
+
+    def __init__(self, adapter: Adapter, cache_dir: Path, batch_size: int = 32):
+        self.adapter, self.batch_size = adapter, batch_size
+        self.model_key = digest(adapter.fingerprint())[:20]
+        self.root = Path(cache_dir) / "features" / self.model_key
+        self.extracted = 0  # visual-prompt forward passes, one per image
+        self.reused = 0
+        self.recomputed = 0  # corrupt entries found and extracted again
+        about = self.root / "model.json"
+        if not about.exists():
+            text = json.dumps({"fingerprint": adapter.fingerprint(), "shape": list(adapter.prompt_shape)}, indent=2)
+            atomic_write(about, lambda p: p.write_text(text))
+
+    def key(self, content_key: str) -> str:
+        return digest(self.model_key, content_key)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _valid(self, key: str) -> bool:
+        path = self.path(key)
+        if not path.exists():
+            return False
+        try:
+            load_file(str(path))["prompt"]
+            return True
+        except (SafetensorError, KeyError, OSError, ValueError):
+            path.unlink(missing_ok=True)  # corrupt: extract it again
+            self.recomputed += 1
+            return False
+
+    def ensure(self, items: Iterable[tuple[str, ImageLoader]], on_batch: Callable[[int], None] | None = None) -> None:
+        """Extract every (content key, image loader) not yet cached, batch by batch."""
+        todo: dict[str, ImageLoader] = {}
+        for content_key, loader in items:
+            key = self.key(content_key)
+            if key in todo:
+                continue
+            if self._valid(key):
+                self.reused += 1
+                if on_batch:
+                    on_batch(1)
+            else:
+                todo[key] = loader
+        keys = list(todo)
+        for start in range(0, len(keys), self.batch_size):
+            batch = keys[start:start + self.batch_size]
+            pixels = self.adapter.preprocess([todo[k]() for k in batch])
+            prompts = self.adapter.visual_prompt(pixels).detach().cpu()
+            self.extracted += len(batch)
+            for key, prompt in zip(batch, prompts):
+                atomic_write(self.path(key), lambda p, t=prompt: save_file({"prompt": t.contiguous()}, str(p)))
+            if on_batch:
+                on_batch(len(batch))
+
+    def load(self, content_keys: list[str]) -> torch.Tensor:
+        """[N, Q, D] prompts for these images, in order; all must have been ensured."""
+        return torch.stack([load_file(str(self.path(self.key(k))))["prompt"] for k in content_keys])

@@ -1,0 +1,126 @@
+"""Discovery of tasks (tasks/*.yaml plus --include-path) and model cards (models/*.yaml).
+
+Files whose name starts with "_" are bases for `include:` and are not tasks themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import SpatialbenchError, ValidationErrors, from_validation_error
+from .specs import ModelCard, TaskSpec
+from .yamlio import read_with_includes
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def builtin_dir(name: str) -> Path:
+    """tasks/ or models/: inside the installed wheel, or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_builtin" / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise SpatialbenchError(f"built-in {name}/ directory not found beside {package}")
+
+
+def load_spec(path: Path, model: type[T]) -> T:
+    """One YAML file as a validated spec; every problem names the file and the field."""
+    data = read_with_includes(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e, str(path)) from None
+
+
+def _yaml_files(dirs: list[Path]) -> list[Path]:
+    files = []
+    for d in dirs:
+        if not d.exists():
+            raise SpatialbenchError(f"include path does not exist: {d}", field="--include-path")
+        found = [d] if d.is_file() else sorted([*d.rglob("*.yaml"), *d.rglob("*.yml")])
+        files += [f for f in found if not f.name.startswith("_")]
+    return files
+
+
+def unknown_name(kind: str, name: str, known: list[str], extra: str = "") -> SpatialbenchError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"run `spatialbench ls {kind}s` to list them"
+    return SpatialbenchError(f"unknown {kind} '{name}'{extra}", fix=hint)
+
+
+class _Registry:
+    kind = ""
+    model: type[BaseModel]
+
+    def __init__(self, dirs: list[Path]):
+        self.items: dict = {}
+        self.files: dict[str, Path] = {}
+        errors: list[SpatialbenchError] = []
+        for path in _yaml_files(dirs):
+            try:
+                spec = load_spec(path, self.model)
+            except ValidationErrors as e:
+                errors += e.errors
+                continue
+            except SpatialbenchError as e:
+                errors.append(e)
+                continue
+            if spec.name in self.items:
+                errors.append(SpatialbenchError(
+                    f"{self.kind} '{spec.name}' is also defined in {self.files[spec.name]}", file=str(path),
+                    field="name"))
+                continue
+            self.items[spec.name], self.files[spec.name] = spec, path
+        if errors:
+            raise ValidationErrors("", errors)
+
+    def names(self) -> list[str]:
+        return sorted(self.items)
+
+    def get(self, name: str):
+        if name not in self.items:
+            raise unknown_name(self.kind, name, self.names())
+        return self.items[name]
+
+
+class TaskRegistry(_Registry):
+    kind, model = "task", TaskSpec
+
+    def __init__(self, include_paths: list[Path] = ()):
+        super().__init__([builtin_dir("tasks"), *map(Path, include_paths)])
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for spec in self.items.values():
+            for group in spec.groups:
+                out.setdefault(group, []).append(spec.name)
+        return {g: sorted(names) for g, names in sorted(out.items())}
+
+    def resolve(self, selector: str | list[str]) -> list[TaskSpec]:
+        """`all`, group names and task names, comma-separated; order kept, duplicates dropped."""
+        parts = [p for item in ([selector] if isinstance(selector, str) else selector) for p in item.split(",")]
+        groups, chosen = self.groups(), {}
+        for part in (p.strip() for p in parts if p.strip()):
+            if part == "all":
+                names = self.names()
+            elif part in groups:
+                names = groups[part]
+            elif part in self.items:
+                names = [part]
+            else:
+                raise unknown_name("task", part, [*self.names(), *groups, "all"], " (neither a task nor a group)")
+            chosen.update(dict.fromkeys(names))
+        if not chosen:
+            raise SpatialbenchError("no tasks selected", field="--tasks", fix="pass --tasks all, a group or names")
+        return [self.items[n] for n in chosen]
+
+
+class ModelRegistry(_Registry):
+    kind, model = "model", ModelCard
+
+    def __init__(self, include_paths: list[Path] = ()):
+        super().__init__([builtin_dir("models"), *map(Path, include_paths)])

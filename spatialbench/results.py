@@ -1,0 +1,112 @@
+"""The results JSON: a pydantic schema, written atomically after every task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from . import __version__
+from .errors import SpatialbenchError, from_validation_error
+from .atomic import atomic_write
+from .specs import ModelCard, ProbeSpec, Strict
+
+SCHEMA_VERSION = 1
+LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
+
+
+class MetricSummary(Strict):
+    mean: float
+    std: float
+    ci95: tuple[float, float] = Field(description="95% bootstrap CI over test items resampled by image")
+    per_seed: list[float]
+
+
+class SeedRun(Strict):
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    validation: float = Field(description="headline metric on validation at the selected epoch")
+    seconds: float
+
+
+class GroupScore(Strict):
+    n: int
+    mean: float  # headline metric on this group's test items, averaged over seeds
+
+
+class TaskResult(Strict):
+    name: str
+    kind: str
+    version: int
+    status: Literal["ok", "failed"]
+    error: str | None = None
+    target: str | None = None
+    headline: str | None = None
+    dataset_fingerprint: str | None = None
+    n: dict[str, int] = Field(default_factory=dict, description="examples per split")
+    n_images: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, MetricSummary] = Field(default_factory=dict)
+    chance: dict[str, float] = Field(default_factory=dict, description="best constant predictor fitted on train")
+    by_group: dict[str, dict[str, GroupScore]] = Field(default_factory=dict)
+    probe: ProbeSpec | None = None
+    seeds: list[SeedRun] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    predictions_file: str | None = None
+
+
+class ExtractionStats(Strict):
+    images: int = 0
+    extracted: int = 0
+    reused: int = 0
+    recomputed: int = 0
+    seconds: float = 0.0
+
+
+class RunResult(Strict):
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str = __version__
+    git_hash: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    command: str = ""
+    model: ModelCard
+    checkpoint: str = Field(description="the resolved checkpoint fingerprint the features came from")
+    point: str
+    visual_prompt_shape: tuple[int, int]
+    seeds: list[int]
+    limit: int | None = None
+    limit_note: str | None = None
+    device: str = "cpu"
+    extraction: ExtractionStats = Field(default_factory=ExtractionStats)
+    tasks: dict[str, TaskResult] = Field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        text = self.model_dump_json(indent=2)
+        atomic_write(path, lambda p: p.write_text(text))
+
+
+def read_results(path: Path) -> RunResult:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpatialbenchError(f"not a readable JSON file: {e}", file=str(path)) from None
+    try:
+        return RunResult.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e, str(path)) from None
+
+
+def git_hash() -> str | None:
+    """The commit of a source checkout; None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

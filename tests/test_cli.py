@@ -1,0 +1,108 @@
+"""The command line as a user meets it: help, listings, validation messages, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from spatialbench.cli import app
+from spatialbench.registry import TaskRegistry
+
+cli = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["ls"], ["validate"], ["demo"]])
+def test_help_is_useful(command):
+    result = cli.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+    if command == ["run"]:
+        for flag in ("--model", "--tasks", "--seeds", "--limit", "--output", "--batch-size", "--device",
+                     "--cache-dir", "--include-path"):
+            assert flag in result.output
+
+
+def test_ls_tasks_lists_every_task():
+    result = cli.invoke(app, ["ls", "tasks"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in TaskRegistry().names():
+        assert name in result.output
+
+
+def test_validate_reports_file_field_and_problem(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("name: ok\nkind: vsr\ndataset: {source: synthetic}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: t\nkind: vsr\ndataset: {source: synthetic}\nprobe: {epoch: 3}\n")
+    wrong_type = tmp_path / "card.yaml"
+    wrong_type.write_text("name: m\nfamily: blip2\ncheckpoint: x\npoint: middle\n")
+    malformed = tmp_path / "broken.yaml"
+    malformed.write_text("name: [unclosed\n")
+    result = cli.invoke(app, ["validate", str(good), str(typo), str(wrong_type), str(malformed)],
+                        env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    out = result.output
+    assert f"{typo}: probe.epoch: unknown key" in out
+    assert f"{wrong_type}: point:" in out and "'middle'" in out
+    assert f"{malformed}: line" in out and "invalid YAML" in out
+    assert str(good) not in out
+    assert len(out.splitlines()) < 25  # one screen
+
+
+def test_validate_with_no_files_checks_everything_shipped():
+    result = cli.invoke(app, ["validate"])
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_unknown_model_and_task_fail_with_suggestions(tmp_path):
+    result = cli.invoke(app, ["run", "--model", "blip2-tinny", "--output", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "unknown model 'blip2-tinny'" in result.output and "blip2-tiny" in result.output
+    assert "Traceback" not in result.output
+    result = cli.invoke(app, ["run", "--model", "blip2-tiny", "--tasks", "synth_vrs", "--output", str(tmp_path)],
+                        env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "synth_vsr" in result.output
+
+
+def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp_path):
+    (small_tasks / "broken.yaml").write_text(
+        "name: broken\nkind: relation\ngroups: [small]\n"
+        "dataset: {source: synthetic, image_size: 64, sizes: {train: 0, validation: 4, test: 4}}\n"
+    )
+    args = ["run", "--model", "blip2-tiny", "--tasks", "small_relation,broken", "--seeds", "1", "--device", "cpu",
+            "--include-path", str(small_tasks), "--output", str(tmp_path / "out")]
+    result = cli.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "small_relation" in result.output and "failed" in result.output
+    saved = json.loads((tmp_path / "out" / "blip2-tiny" / "results.json").read_text())
+    assert saved["tasks"]["small_relation"]["status"] == "ok"
+    assert saved["tasks"]["broken"]["status"] == "failed"
+    assert saved["command"].startswith("spatialbench ")
+
+
+def test_installed_wheel_ships_tasks_and_cards(tmp_path):
+    """A non-editable install carries tasks/ and models/: `ls tasks` works from another directory."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(root)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("spatialbench-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    shipped = sorted(p.name for p in (target / "spatialbench" / "_builtin" / "tasks").glob("*.yaml"))
+    assert shipped == sorted(p.name for p in (root / "tasks").glob("*.yaml"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([sys.executable, "-c", "from spatialbench.cli import main; main()", "ls", "tasks"],
+                         cwd=elsewhere, env={"PYTHONPATH": str(target), "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for name in TaskRegistry().names():
+        assert name in out.stdout
+    listed = subprocess.run([sys.executable, "-c", "import spatialbench.registry as r; print(r.builtin_dir('tasks'))"],
+                            cwd=elsewhere, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+    assert str(target) in listed.stdout

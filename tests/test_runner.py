@@ -1,0 +1,73 @@
+"""A run end to end: tiny BLIP-2 on small synthetic tasks into a results JSON."""
+
+import json
+from pathlib import Path
+
+from spatialbench.registry import TaskRegistry
+from spatialbench.results import RunResult, read_results
+from spatialbench.runner import Runner
+from spatialbench.specs import RunConfig
+
+
+def _run(small_tasks: Path, out: Path, tasks="small", seeds=2, **kw) -> tuple[Runner, RunResult]:
+    config = RunConfig(model="blip2-tiny", tasks=[tasks], seeds=seeds, output=out, include_paths=[small_tasks],
+                       device="cpu", **kw)
+    runner = Runner(config)
+    return runner, runner.run()
+
+
+def test_run_writes_a_valid_results_json_for_every_kind(small_tasks, tmp_path):
+    runner, result = _run(small_tasks, tmp_path / "out")
+    on_disk = read_results(runner.results_path)
+    assert on_disk == result
+    assert {t.kind for t in result.tasks.values()} == {"region_localization", "relation", "vsr", "grounding"}
+    for task in result.tasks.values():
+        assert task.status == "ok", task.error
+        summary = task.metrics[task.headline]
+        assert len(summary.per_seed) == 2 and summary.ci95[0] <= summary.ci95[1]
+        assert 0.0 <= summary.mean <= 1.0
+        assert task.headline in task.chance
+        assert task.n["test"] > 0 and task.n_images["test"] <= task.n["test"]
+        lines = (runner.out_dir / task.predictions_file).read_text().splitlines()
+        assert len(lines) == task.n["test"]
+        assert set(json.loads(lines[0])["predictions"]) == {"0", "1"}
+    assert result.visual_prompt_shape == (8, 48)
+    assert result.checkpoint.startswith("blip2|local:")
+
+
+def test_images_are_extracted_once_per_run_and_reused_by_the_next(small_tasks, tmp_path):
+    _, first = _run(small_tasks, tmp_path / "a", cache_dir=tmp_path / "cache")
+    # 72 scenes shared by all five tasks (same scene options): each extracted once for the whole run.
+    assert first.extraction.images == 72
+    assert first.extraction.extracted == 72 and first.extraction.reused == 0
+    _, second = _run(small_tasks, tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert second.extraction.extracted == 0 and second.extraction.reused == 72
+    for name, task in first.tasks.items():
+        assert second.tasks[name].metrics == task.metrics  # same seeds, same features: identical numbers
+
+
+def test_limit_is_recorded_as_testing_only(small_tasks, tmp_path):
+    _, result = _run(small_tasks, tmp_path / "out", tasks="small_relation", seeds=1, limit=5)
+    assert result.limit == 5 and "testing only" in result.limit_note
+    assert result.tasks["small_relation"].n == {"train": 5, "validation": 5, "test": 5}
+
+
+def test_a_failing_task_is_recorded_and_the_others_still_run(small_tasks, tmp_path):
+    broken = small_tasks / "broken.yaml"
+    broken.write_text(
+        "name: broken\nkind: relation\ngroups: [small]\n"
+        "dataset: {source: synthetic, image_size: 64, sizes: {train: 0, validation: 4, test: 4}}\n"
+    )
+    runner, result = _run(small_tasks, tmp_path / "out", seeds=1)
+    assert result.tasks["broken"].status == "failed"
+    assert "no examples" in result.tasks["broken"].error
+    assert all(t.status == "ok" for n, t in result.tasks.items() if n != "broken")
+    assert read_results(runner.results_path).tasks["broken"].status == "failed"
+
+
+def test_every_shipped_synthetic_task_runs(tmp_path):
+    shipped = [t.name for t in TaskRegistry().resolve("synthetic")]
+    config = RunConfig(model="blip2-tiny", tasks=["synthetic"], seeds=1, limit=24, output=tmp_path, device="cpu")
+    result = Runner(config).run()
+    assert sorted(result.tasks) == sorted(shipped)
+    assert all(t.status == "ok" for t in result.tasks.values())
