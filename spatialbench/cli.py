@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from enum import Enum
@@ -53,10 +52,10 @@ def run(
     mixed_precision: Annotated[Precision, typer.Option(help="probe training precision (accelerate)")] = Precision.no,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
-    from .report import Reporter
+    from .report import Reporter, quiet_libraries
     from .runner import Runner
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
                            device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
@@ -154,16 +153,6 @@ def validate(
     if problems:
         raise typer.Exit(1)
     out.print(f"[green]✓[/green] {checked} file(s) valid")
-
-
-def _quiet_libraries() -> None:
-    """transformers' fallback and progress chatter would bury the run's own output."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def main() -> None:

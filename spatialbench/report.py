@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -11,6 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .results import RunResult
+
+
+def quiet_libraries() -> None:
+    """transformers' fallback warnings and progress bars would bury the run's own output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
 
 
 class Reporter:
@@ -49,17 +60,17 @@ class Reporter:
 
     def summary(self, result: RunResult, path: str) -> None:
         table = Table(title=f"{result.model.name}: {result.point} prompt {tuple(result.visual_prompt_shape)}",
-                      box=box.SIMPLE_HEAD)
+                      box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("task", no_wrap=True)
         table.add_column("metric", no_wrap=True)
-        for col in ("mean ± std", "95% CI", "chance", "n test"):
+        for col in ("mean±std", "95% CI", "chance", "n test"):
             table.add_column(col, justify="right", no_wrap=True)
         for task in result.tasks.values():
             if task.status == "failed":
                 table.add_row(task.name, "[red]failed[/red]", (task.error or "").split("\n")[0][:48], "", "", "")
                 continue
             m = task.metrics[task.headline]
-            table.add_row(task.name, task.headline, f"{m.mean:.3f} ± {m.std:.3f}", f"[{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]",
+            table.add_row(task.name, task.headline, f"{m.mean:.3f}±{m.std:.3f}", f"[{m.ci95[0]:.3f},{m.ci95[1]:.3f}]",
                           f"{task.chance[task.headline]:.3f}", str(task.n["test"]))
         self.console.print(table)
         if result.limit_note:

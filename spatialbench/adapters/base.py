@@ -90,17 +90,21 @@ def register_family(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
     return wrap
 
 
+_BROKEN: dict[str, SpatialbenchError] = {}  # entry points that failed to import, reported when asked for
+
+
 def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _FAMILIES:
+        if ep.name in _FAMILIES or ep.name in _BROKEN:
             continue
         try:
             loaded = ep.load()
-        except Exception as e:  # a broken third-party package must not hide the built-in families
-            raise SpatialbenchError(
+        except Exception as e:  # a broken third-party package must not hide the other families
+            _BROKEN[ep.name] = SpatialbenchError(
                 f"adapter family '{ep.name}' from entry point {ep.value} failed to import: {e}",
                 fix=f"fix or uninstall the package that provides '{ep.value}'",
-            ) from e
+            )
+            continue
         if isinstance(loaded, type) and issubclass(loaded, Adapter):
             _FAMILIES.setdefault(ep.name, loaded)
             loaded.family = loaded.family or ep.name
@@ -115,6 +119,8 @@ def families() -> dict[str, type[Adapter]]:
 
 def get_family(name: str) -> type[Adapter]:
     known = families()
+    if name in _BROKEN:
+        raise _BROKEN[name]
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"known families: {', '.join(sorted(known))}"
