@@ -7,7 +7,7 @@ import torch
 
 from .adapters.base import Adapter
 from .data.examples import Example, TaskData
-from .features import FeatureStore
+from .features import FeatureStore, Request
 from .probes import ProbeShape
 from .specs import TaskSpec
 from .train import ProbeInputs, Split, standardise
@@ -28,10 +28,34 @@ def embed_texts(adapter: Adapter, texts: list[str]) -> tuple[torch.Tensor, torch
     return emb, mask
 
 
+def conditions_on_text(task: TaskSpec, adapter: Adapter) -> bool:
+    """Whether this task's query text goes into the resampler (InstructBLIP's instruction)."""
+    return (adapter.reads_text and task.implicit and adapter.point != "vision_patches"
+            and adapter.card.options.get("text_conditioning", True))
+
+
+def _feature_key(task: TaskSpec, adapter: Adapter, ex: Example) -> tuple[str, str | None]:
+    return ex.image_id, (ex.query if conditions_on_text(task, adapter) else None)
+
+
+def feature_requests(task: TaskSpec, data: TaskData, adapter: Adapter) -> list[Request]:
+    """One (image content, text, loader) per distinct visual prompt the task needs."""
+    seen: dict[tuple[str, str | None], Request] = {}
+    for items in data.splits.values():
+        for ex in items:
+            image_id, text = _feature_key(task, adapter, ex)
+            if (image_id, text) not in seen:
+                seen[(image_id, text)] = (data.images.content_key(image_id), text,
+                                          lambda d=data, i=image_id: d.images.load(i))
+    return list(seen.values())
+
+
 def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: Adapter) -> ProbeInputs:
-    image_ids = data.image_ids()
-    row = {image_id: i for i, image_id in enumerate(image_ids)}
-    features = store.load([data.images.content_key(i) for i in image_ids])
+    rows: dict[tuple[str, str | None], int] = {}
+    for items in data.splits.values():
+        for ex in items:
+            rows.setdefault(_feature_key(task, adapter, ex), len(rows))
+    features = store.load([(data.images.content_key(image_id), text) for image_id, text in rows])
     texts: dict[str, int] = {}
     if task.implicit:
         for items in data.splits.values():
@@ -45,7 +69,7 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
             query = torch.tensor([list(ex.query) for ex in items], dtype=torch.long)
         dtype = torch.float32 if task.target == "box" else torch.long
         return Split(
-            image=torch.tensor([row[ex.image_id] for ex in items], dtype=torch.long),
+            image=torch.tensor([rows[_feature_key(task, adapter, ex)] for ex in items], dtype=torch.long),
             query=query,
             target=torch.tensor([ex.target for ex in items], dtype=dtype),
             sizes=np.array([ex.image_size for ex in items], dtype=np.float64),

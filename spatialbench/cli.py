@@ -32,6 +32,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Point(str, Enum):
+    resampler = "resampler"
+    projected = "projected"
+    vision_patches = "vision_patches"
+
+
 class Precision(str, Enum):
     no = "no"
     bf16 = "bf16"
@@ -50,6 +56,10 @@ def run(
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
     mixed_precision: Annotated[Precision, typer.Option(help="probe training precision (accelerate)")] = Precision.no,
+    point: Annotated[Optional[Point], typer.Option(
+        help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="allow a generic card with trust_remote_code to run the checkpoint's own Python code")] = False,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
     from .report import Reporter, quiet_libraries
@@ -59,7 +69,8 @@ def run(
     try:
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
                            device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
-                           mixed_precision=mixed_precision.value, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+                           mixed_precision=mixed_precision.value, point=point.value if point else None,
+                           trust_remote_code=trust_remote_code, command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()
@@ -79,7 +90,8 @@ def demo(
 ) -> None:
     """The embedded default: the tiny BLIP-2 built in code on every synthetic task. Offline, CPU, minutes."""
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
-        device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no)
+        device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
+        trust_remote_code=False)
 
 
 class Listing(str, Enum):

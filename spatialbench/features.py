@@ -1,7 +1,8 @@
 """Visual prompts, extracted once per unique image and cached on disk as safetensors.
 
 An entry's key is a digest of the adapter fingerprint (checkpoint, revision or content, extraction
-point, dtype) and the image content, so a changed checkpoint or image can never hit a stale entry.
+point, dtype), the image content and, where the resampler reads text (InstructBLIP), the text, so a
+changed checkpoint, image or instruction can never hit a stale entry.
 Entries are written to a temporary file and renamed into place, so a crash never leaves half a file.
 """
 
@@ -21,6 +22,7 @@ from .adapters.base import Adapter
 from .atomic import atomic_write
 
 ImageLoader = Callable[[], Image.Image]
+Request = tuple[str, "str | None", ImageLoader]  # (image content key, text the resampler reads, loader)
 
 
 def digest(*parts: str) -> str:
@@ -42,8 +44,8 @@ class FeatureStore:
             text = json.dumps({"fingerprint": adapter.fingerprint(), "shape": list(adapter.prompt_shape)}, indent=2)
             atomic_write(about, lambda p: p.write_text(text))
 
-    def key(self, content_key: str) -> str:
-        return digest(self.model_key, content_key)
+    def key(self, content_key: str, text: str | None = None) -> str:
+        return digest(self.model_key, content_key, text) if text is not None else digest(self.model_key, content_key)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -60,11 +62,11 @@ class FeatureStore:
             self.recomputed += 1
             return False
 
-    def ensure(self, items: Iterable[tuple[str, ImageLoader]], on_batch: Callable[[int], None] | None = None) -> None:
-        """Extract every (content key, image loader) not yet cached, batch by batch."""
-        todo: dict[str, ImageLoader] = {}
-        for content_key, loader in items:
-            key = self.key(content_key)
+    def ensure(self, items: Iterable[Request], on_batch: Callable[[int], None] | None = None) -> None:
+        """Extract every (content key, text, image loader) not yet cached, batch by batch."""
+        todo: dict[str, tuple[str | None, ImageLoader]] = {}
+        for content_key, text, loader in items:
+            key = self.key(content_key, text)
             if key in todo:
                 continue
             if self._valid(key):
@@ -72,18 +74,21 @@ class FeatureStore:
                 if on_batch:
                     on_batch(1)
             else:
-                todo[key] = loader
-        keys = list(todo)
-        for start in range(0, len(keys), self.batch_size):
-            batch = keys[start:start + self.batch_size]
-            pixels = self.adapter.preprocess([todo[k]() for k in batch])
-            prompts = self.adapter.visual_prompt(pixels).detach().cpu()
+                todo[key] = (text, loader)
+        # Batches never mix text-conditioned requests with plain ones.
+        plain = [k for k, (text, _) in todo.items() if text is None]
+        conditioned = [k for k, (text, _) in todo.items() if text is not None]
+        batches = [keys[i:i + self.batch_size] for keys in (plain, conditioned) for i in range(0, len(keys), self.batch_size)]
+        for batch in batches:
+            pixels = self.adapter.preprocess([todo[k][1]() for k in batch])
+            texts = [todo[k][0] for k in batch]
+            prompts = self.adapter.visual_prompt(pixels, None if texts[0] is None else texts).detach().cpu()
             self.extracted += len(batch)
             for key, prompt in zip(batch, prompts):
                 atomic_write(self.path(key), lambda p, t=prompt: save_file({"prompt": t.contiguous()}, str(p)))
             if on_batch:
                 on_batch(len(batch))
 
-    def load(self, content_keys: list[str]) -> torch.Tensor:
-        """[N, Q, D] prompts for these images, in order; all must have been ensured."""
-        return torch.stack([load_file(str(self.path(self.key(k))))["prompt"] for k in content_keys])
+    def load(self, requests: list[tuple[str, str | None]]) -> torch.Tensor:
+        """[N, Q, D] prompts for these (content key, text) pairs, in order; all must have been ensured."""
+        return torch.stack([load_file(str(self.path(self.key(k, t))))["prompt"] for k, t in requests])

@@ -61,6 +61,7 @@ class TaskResult(Strict):
 
 class ExtractionStats(Strict):
     images: int = 0
+    prompts: int = Field(0, description="distinct visual prompts: images, or (image, text) where the resampler reads text")
     extracted: int = 0
     reused: int = 0
     recomputed: int = 0

@@ -13,11 +13,11 @@ from accelerate import Accelerator
 from . import scoring
 from .adapters.base import Adapter, get_family
 from .adapters.loading import default_cache_dir
-from .assemble import build_inputs
+from .assemble import build_inputs, feature_requests
 from .data.examples import TaskData
 from .data.sources import load_task_data
 from .errors import SpatialbenchError
-from .features import FeatureStore, digest
+from .features import FeatureStore, Request, digest
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
 from .results import LIMIT_NOTE, ExtractionStats, RunResult, SeedRun, TaskResult, git_hash
@@ -59,8 +59,9 @@ class Runner:
             result.write(self.results_path)
 
     def run(self) -> RunResult:
-        adapter = get_family(self.card.family).load(self.card, device=str(self.accelerator.device),
-                                                    cache_dir=self.cache_dir)
+        adapter = get_family(self.card.family).load(
+            self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=self.config.point,
+            trust_remote_code=self.config.trust_remote_code)
         store = FeatureStore(adapter, self.cache_dir, self.config.batch_size)
         result = RunResult(
             git_hash=git_hash(), command=self.config.command, model=self.card, checkpoint=adapter.fingerprint(),
@@ -76,7 +77,8 @@ class Runner:
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
         self._save(result)
-        result.extraction = self._extract(store, [d for d, _ in loaded.values()])
+        requests = [r for name, (data, _) in loaded.items() for r in feature_requests(self._task(name), data, adapter)]
+        result.extraction = self._extract(store, requests)
         self._save(result)
         for task in self.tasks:
             if task.name not in loaded:
@@ -97,16 +99,15 @@ class Runner:
             self.reporter.info(f"[red]task {task.name} failed:[/red] {text}")
         return TaskResult(name=task.name, kind=task.kind, version=task.version, status="failed", error=text)
 
-    def _extract(self, store: FeatureStore, datas: list[TaskData]) -> ExtractionStats:
-        items: dict[str, object] = {}
-        for data in datas:
-            for image_id in data.image_ids():
-                key = data.images.content_key(image_id)
-                items.setdefault(key, lambda d=data, i=image_id: d.images.load(i))
+    def _task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+    def _extract(self, store: FeatureStore, requests: list[Request]) -> ExtractionStats:
+        unique = {(content_key, text): (content_key, text, loader) for content_key, text, loader in requests}
         start = time.perf_counter()
-        with self.reporter.extraction(len(items)) as advance:
-            store.ensure(items.items(), on_batch=advance)
-        return ExtractionStats(images=len(items), extracted=store.extracted, reused=store.reused,
+        with self.reporter.extraction(len(unique)) as advance:
+            store.ensure(unique.values(), on_batch=advance)
+        return ExtractionStats(images=len({k for k, _ in unique}), prompts=len(unique), extracted=store.extracted, reused=store.reused,
                                recomputed=store.recomputed, seconds=time.perf_counter() - start)
 
     def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, adapter: Adapter,

@@ -135,7 +135,9 @@ class ModelCard(Strict):
     checkpoint: str = Field(description="Hub id, local directory, or tiny:<name> for a model built in code")
     revision: str = "main"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    point: Literal["resampler", "projected"] = Field("projected", description="extraction point")
+    point: Literal["resampler", "projected", "vision_patches"] = Field(
+        "projected", description="extraction point: LLM input, raw resampler output, or pre-resampler patches"
+    )
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -153,4 +155,8 @@ class RunConfig(Strict):
     cache_dir: Path | None = None
     include_paths: list[Path] = Field(default_factory=list)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    point: Literal["resampler", "projected", "vision_patches"] | None = Field(
+        None, description="override the card's extraction point (vision_patches: the pre-compression baseline)"
+    )
+    trust_remote_code: bool = False
     command: str = ""

@@ -39,12 +39,19 @@ class CountingAdapter(Adapter):
     def fingerprint(self):
         return f"counting|{self.tag}"
 
-    prompt_shape = (2, 3)
+    def shape_at(self, point):
+        return (2, 3)
+
     text_dim = 0
 
 
+class _Images(dict):
+    def items(self):
+        return [(key, None, loader) for key, loader in super().items()]
+
+
 def _images(n):
-    return {f"k{i}": (lambda i=i: Image.new("RGB", (8, 8), (i, 2 * i, 3 * i))) for i in range(n)}
+    return _Images({f"k{i}": (lambda i=i: Image.new("RGB", (8, 8), (i, 2 * i, 3 * i))) for i in range(n)})
 
 
 def test_each_image_is_extracted_once_and_reused(tmp_path):
@@ -56,7 +63,7 @@ def test_each_image_is_extracted_once_and_reused(tmp_path):
     again = FeatureStore(adapter, tmp_path)
     again.ensure(images.items())
     assert again.extracted == 0 and again.reused == 7 and adapter.forwards == 7
-    prompts = again.load(["k2", "k5"])
+    prompts = again.load([("k2", None), ("k5", None)])
     assert prompts.shape == (2, 2, 3)
     assert torch.equal(prompts[0, 0], torch.tensor([2.0, 4.0, 6.0]))
 
@@ -76,7 +83,7 @@ def test_a_corrupt_entry_is_detected_and_extracted_again(tmp_path):
     again = FeatureStore(CountingAdapter(), tmp_path)
     again.ensure(_images(3).items())
     assert again.recomputed == 1 and again.extracted == 1 and again.reused == 2
-    assert torch.equal(again.load(["k1"])[0, 0], torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(again.load([("k1", None)])[0, 0], torch.tensor([1.0, 2.0, 3.0]))
 
 
 def test_no_temporary_files_are_left_behind(tmp_path):
@@ -84,3 +91,21 @@ def test_no_temporary_files_are_left_behind(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
     assert len(list(tmp_path.rglob("*.safetensors"))) == 5
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pt"))
+
+
+class TextReadingAdapter(CountingAdapter):
+    reads_text = True
+
+    def resample(self, vision_features, text=None):
+        shift = torch.tensor([[len(t)] for t in text], dtype=torch.float32)[:, :, None] if text else 0.0
+        return vision_features + shift
+
+
+def test_text_conditioned_prompts_are_keyed_by_text_and_never_batched_with_plain_ones(tmp_path):
+    adapter = TextReadingAdapter()
+    store = FeatureStore(adapter, tmp_path, batch_size=4)
+    load = _images(1)["k0"]
+    store.ensure([("k0", None, load), ("k0", "ab", load), ("k0", "abcd", load), ("k0", "ab", load)])
+    assert store.extracted == 3
+    prompts = store.load([("k0", None), ("k0", "ab"), ("k0", "abcd")])
+    assert prompts[:, 0, 0].tolist() == [0.0, 2.0, 4.0]

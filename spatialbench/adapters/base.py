@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from importlib import import_module
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from typing import Callable, ClassVar
@@ -14,27 +15,37 @@ from ..errors import SpatialbenchError
 from ..specs import ModelCard
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
+POINTS = ("resampler", "projected", "vision_patches")
+BUILTIN_FAMILIES = ("blip2",)  # modules of spatialbench.adapters that register a family on import
 
 
 class Adapter(ABC):
     """Wraps one checkpoint and exposes its visual prompt.
 
-    `visual_prompt(x)` must equal, exactly, what the model itself feeds its language model at the
-    card's extraction point; it is `resample(vision_features(x))` so the joint regime can cache the
-    frozen vision encoder's output and train only the resampler.
+    Extraction points: `projected` is what the LLM receives, `resampler` the resampler's raw output,
+    `vision_patches` the vision encoder's patch tokens before any compression (a baseline: what there
+    was to keep). `visual_prompt(x)` is `resample(vision_features(x))` (or `vision_features(x)` at
+    `vision_patches`) so the joint regime can cache the frozen vision encoder's output and train only
+    the resampler. It must equal, exactly, what the model itself feeds its language model.
     """
 
     family: ClassVar[str] = ""
     reads_text: ClassVar[bool] = False  # True where the resampler reads the query text (InstructBLIP)
+    points: ClassVar[tuple[str, ...]] = POINTS
 
     def __init__(self, card: ModelCard, point: str | None = None):
         self.card = card
         self.point = point or card.point
+        if self.point not in self.points:
+            raise SpatialbenchError(f"family '{self.family}' has no extraction point '{self.point}'",
+                                    field="point", fix=f"choose one of {list(self.points)}")
         self.loaded_keys: set[str] = set()  # checkpoint tensors actually read
+        self.dtype = torch.float32
 
     @classmethod
     @abstractmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None) -> Adapter:
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> Adapter:
         """Load only what extraction needs from the card's checkpoint."""
 
     @abstractmethod
@@ -43,11 +54,11 @@ class Adapter(ABC):
 
     @abstractmethod
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The frozen vision encoder's output, [B, N, Dv]."""
+        """The frozen vision encoder's output as the resampler reads it, [B, N, Dv]."""
 
     @abstractmethod
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
-        """The visual prompt at this adapter's extraction point, [B, Q, D]."""
+        """The visual prompt at this adapter's extraction point (resampler or projected), [B, Q, D]."""
 
     @abstractmethod
     def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,25 +66,52 @@ class Adapter(ABC):
 
     @abstractmethod
     def resampler_parameters(self) -> list[torch.nn.Parameter]:
-        """Exactly the parameters the joint regime trains."""
+        """Exactly the parameters the joint regime trains: those between vision features and the prompt."""
 
     @abstractmethod
     def fingerprint(self) -> str:
         """Checkpoint id + revision (or content digest) + extraction point: the cache key's model part."""
 
-    @property
     @abstractmethod
-    def prompt_shape(self) -> tuple[int, int]:
-        """(Q, D) of the visual prompt at this adapter's extraction point."""
+    def shape_at(self, point: str) -> tuple[int, int]:
+        """(Q, D) of the visual prompt at an extraction point."""
 
     @property
     @abstractmethod
     def text_dim(self) -> int:
         """Width of embed_text's output."""
 
+    @property
+    def prompt_shape(self) -> tuple[int, int]:
+        return self.shape_at(self.point)
+
+    @property
+    def prompt_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every torch module the adapter holds (for parameter bookkeeping and the conformance check)."""
+        return [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        seen: dict[int, torch.nn.Parameter] = {}
+        for module in self.modules():
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
     @torch.no_grad()
     def visual_prompt(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
-        return self.resample(self.vision_features(pixel_values), text)
+        features = self.vision_features(pixel_values)
+        return features if self.point == "vision_patches" else self.resample(features, text)
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """What the full Hugging Face model itself feeds its language model, captured with hooks.
+
+        Keys are extraction points. Used by the conformance check; it loads the whole model, so it is
+        meant for tiny checkpoints. Families that cannot provide it are reported as unchecked.
+        """
+        raise NotImplementedError
 
 
 _FAMILIES: dict[str, type[Adapter]] = {}
@@ -111,7 +149,8 @@ def _load_entry_points() -> None:
 
 
 def families() -> dict[str, type[Adapter]]:
-    from . import blip2  # noqa: F401  (built-in families register on import)
+    for module in BUILTIN_FAMILIES:
+        import_module(f"{__package__}.{module}")
 
     _load_entry_points()
     return dict(_FAMILIES)

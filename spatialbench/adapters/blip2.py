@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from ..specs import ModelCard
 from .base import Adapter, register_family
 from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
+from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -46,9 +49,11 @@ class Blip2Adapter(Adapter):
         self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
         self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
         self.dtype = DTYPES[card.dtype]
+        self.config = None
 
     @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None) -> Blip2Adapter:
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> Blip2Adapter:
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         ckpt = resolve(card.checkpoint, card.revision, cache_dir)
@@ -70,7 +75,7 @@ class Blip2Adapter(Adapter):
         adapter = cls(card, ckpt, parts, embeddings,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
                       point, device)
-        adapter.loaded_keys = set(tensors)
+        adapter.loaded_keys, adapter.config = set(tensors), config
         parts.to(device).eval().requires_grad_(False)
         embeddings.to(device)
         return adapter
@@ -99,11 +104,78 @@ class Blip2Adapter(Adapter):
     def fingerprint(self) -> str:
         return f"blip2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
 
-    @property
-    def prompt_shape(self) -> tuple[int, int]:
-        q = self.parts.query_tokens.shape[1]
-        return (q, self.parts.language_projection.out_features if self.point == "projected" else self.parts.query_tokens.shape[2])
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return shape_at(self.config, point)
 
     @property
     def text_dim(self) -> int:
         return self.embeddings.embedding_dim
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        from transformers import Blip2ForConditionalGeneration
+
+        model = Blip2ForConditionalGeneration.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
+        model.to(self.device)
+        captured: dict[str, torch.Tensor] = {}
+        model.language_model.register_forward_pre_hook(
+            lambda m, a, kw: captured.__setitem__("lm", kw["inputs_embeds"]), with_kwargs=True)
+        model.qformer.register_forward_hook(lambda m, a, out: captured.__setitem__("qformer", out[0]))
+        model.vision_model.register_forward_hook(lambda m, a, out: captured.__setitem__("vision", out[0]))
+        q = model.config.num_query_tokens
+        ids = torch.full((pixel_values.shape[0], q + 2), model.config.image_token_index, device=self.device)
+        ids[:, q:] = self.tokenizer.eos_token_id
+        with torch.no_grad():
+            model(pixel_values=pixel_values, input_ids=ids)
+        resampler = captured["qformer"]
+        if resampler.dtype != captured["vision"].dtype:  # what the projection reads
+            resampler = resampler.to(captured["vision"].dtype)
+        return {"projected": captured["lm"][:, :q], "resampler": resampler, "vision_patches": captured["vision"]}
+
+
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a Blip2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
+    return (config.num_query_tokens, width)
+
+
+@tiny_builder("blip2-tiny")
+def build_blip2_tiny(out: Path) -> None:
+    from transformers import (
+        BlipImageProcessor,
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        OPTConfig,
+    )
+
+    tokenizer = word_tokenizer()
+    vision = Blip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=8,
+        initializer_range=0.05,  # the default 1e-10 maps every image to the same features
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        encoder_hidden_size=32, vocab_size=len(tokenizer),
+        # At 0.02 the cross-attention barely moves the queries: prompts differ by ~1e-4 across images.
+        initializer_range=0.5,
+    )
+    text = OPTConfig(
+        hidden_size=48, word_embed_proj_dim=48, num_hidden_layers=2, ffn_dim=96, num_attention_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=8, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = Blip2ForConditionalGeneration(config)
+    with torch.no_grad():  # zero-initialised queries would all be identical
+        model.query_tokens.normal_(0.0, 0.5)
+    model.save_pretrained(out, max_shard_size="100KB")
+    tokenizer.save_pretrained(out)
+    BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)

@@ -1,8 +1,8 @@
 """Tiny checkpoints built in code, so tests and the demo run offline with the real loading path.
 
-Each builder makes a randomly initialised model from a config, saves it with save_pretrained (sharded,
-like a Hub checkpoint) next to a tokenizer and an image processor; adapters then load it exactly as
-they load a downloaded checkpoint.
+Each family module registers a builder with @tiny_builder. A builder makes a randomly initialised model
+from a config and saves it with save_pretrained (sharded, like a Hub checkpoint) next to a tokenizer and
+an image processor; adapters then load it exactly as they load a downloaded checkpoint.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def word_tokenizer(extra_special: tuple[str, ...] = ("<image>",)):
 def materialise(name: str, cache_dir: Path) -> Path:
     """The directory of tiny checkpoint `name`, built on first use; safe when runs race."""
     from ..errors import SpatialbenchError
+    from .base import families
 
+    families()  # family modules register their tiny builders on import
     if name not in _BUILDERS:
         raise SpatialbenchError(f"unknown tiny model '{name}'", field="checkpoint", fix=f"one of {tiny_names()}")
     target = Path(cache_dir) / "tiny" / f"{name}-v{BUILD_VERSION}"
@@ -72,43 +74,3 @@ def materialise(name: str, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-@tiny_builder("blip2-tiny")
-def build_blip2_tiny(out: Path) -> None:
-    from transformers import (
-        BlipImageProcessor,
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2QFormerConfig,
-        Blip2VisionConfig,
-        OPTConfig,
-    )
-
-    tokenizer = word_tokenizer()
-    vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8,
-        initializer_range=0.05,  # the default 1e-10 maps every image to the same features
-    )
-    qformer = Blip2QFormerConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        encoder_hidden_size=32, vocab_size=len(tokenizer),
-        # At 0.02 the cross-attention barely moves the queries: prompts differ by ~1e-4 across images.
-        initializer_range=0.5,
-    )
-    text = OPTConfig(
-        hidden_size=48, word_embed_proj_dim=48, num_hidden_layers=2, ffn_dim=96, num_attention_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    config = Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-        num_query_tokens=8, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():  # zero-initialised queries would all be identical
-        model.query_tokens.normal_(0.0, 0.5)
-    model.save_pretrained(out, max_shard_size="100KB")
-    tokenizer.save_pretrained(out)
-    BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
