@@ -19,6 +19,7 @@ def n_outputs(task: TaskSpec, data: TaskData) -> int:
     return 4 if task.target == "box" else len(data.classes or [])
 
 
+@torch.no_grad()
 def embed_texts(adapter: Adapter, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen LLM embeddings of every distinct query text, padded to one length: [T, L, Dt], [T, L]."""
     chunks = [adapter.embed_text(texts[i:i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]

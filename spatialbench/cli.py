@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import SpatialbenchError, ValidationErrors
@@ -92,6 +93,38 @@ def demo(
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
         trust_remote_code=False)
+
+
+@app.command("check-adapter")
+def check_adapter(
+    model: Annotated[str, typer.Argument(help="model card name or a card's YAML path (a tiny card: it loads the full model)")],
+    device: Annotated[Device, typer.Option(help="where to run the checks")] = Device.cpu,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="where tiny checkpoints are built")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="allow a card with trust_remote_code")] = False,
+) -> None:
+    """Conformance: the adapter's prompt is exactly what the model feeds its LLM, and behaves as declared."""
+    from .report import quiet_libraries
+    from .runner import resolve_device
+    from .testing import resolve_card, run_checks
+
+    quiet_libraries()
+    try:
+        card = resolve_card(model)
+        checks = run_checks(card, device=resolve_device(device.value), cache_dir=cache_dir,
+                            trust_remote_code=trust_remote_code)
+    except SpatialbenchError as e:
+        _fail(e)
+    table = Table("check", "result", "detail", title=f"{card.name} ({card.family})")
+    colour = {"pass": "green", "fail": "red", "n/a": "yellow"}
+    for c in checks:
+        table.add_row(escape(c.name), f"[{colour[c.status]}]{c.status}[/]", escape(c.detail))
+    out.print(table)
+    failed = sum(c.status == "fail" for c in checks)
+    if failed:
+        err.print(f"[red]{failed} check(s) failed[/red]")
+        raise typer.Exit(1)
+    out.print(f"[green]conformant[/green]: {sum(c.status == 'pass' for c in checks)} passed, "
+              f"{sum(c.status == 'n/a' for c in checks)} not applicable")
 
 
 class Listing(str, Enum):

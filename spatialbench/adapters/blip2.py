@@ -90,7 +90,6 @@ class Blip2Adapter(Adapter):
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.resample(vision_features, project=self.point == "projected")
 
-    @torch.no_grad()
     def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         return self.embeddings(enc["input_ids"]), enc["attention_mask"]

@@ -1,0 +1,62 @@
+"""The conformance check passes good adapters and catches broken ones."""
+
+import torch
+from typer.testing import CliRunner
+
+from spatialbench.adapters.base import get_family
+from spatialbench.adapters.blip2 import Blip2Adapter
+from spatialbench.cli import app
+from spatialbench.registry import ModelRegistry
+from spatialbench.testing import assert_conformant, run_checks
+
+
+def test_blip2_tiny_and_the_generic_card_are_conformant():
+    for name in ("blip2-tiny", "generic-blip2-tiny"):
+        checks = assert_conformant(name)
+        assert any(c.name.startswith("prompt equals") and c.status == "pass" for c in checks)
+
+
+def _statuses(checks):
+    return {c.name: c.status for c in checks}
+
+
+def test_the_check_catches_a_prompt_that_is_not_what_the_llm_reads(monkeypatch):
+    monkeypatch.setattr(Blip2Adapter, "resample", lambda self, f, text=None: self.parts.resample(f, True) * 1.001)
+    checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))
+    assert checks["prompt equals the model's own LLM input"] == "fail"
+
+
+def test_the_check_catches_wrong_resampler_parameters(monkeypatch):
+    monkeypatch.setattr(Blip2Adapter, "resampler_parameters", lambda self: list(self.parts.vision_model.parameters()))
+    checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))
+    assert checks["[projected] resampler_parameters() is what joint training moves"] == "fail"
+    assert checks["[resampler] resampler_parameters() is what joint training moves"] == "fail"
+
+
+def test_the_check_catches_text_leaking_into_a_text_blind_family(monkeypatch):
+    original = Blip2Adapter.resample
+
+    def reads_text(self, features, text=None):
+        out = original(self, features, text)
+        return out + (len(text[0]) if text else 0)
+
+    monkeypatch.setattr(Blip2Adapter, "resample", reads_text)
+    checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))
+    assert checks["[projected] text conditioning as declared"] == "fail"
+
+
+def test_the_check_catches_identical_prompts(monkeypatch):
+    monkeypatch.setattr(Blip2Adapter, "vision_features",
+                        lambda self, px: self.parts.vision_model(pixel_values=torch.zeros_like(px)).last_hidden_state)
+    checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))
+    assert checks["[projected] different images give different prompts"] == "fail"
+
+
+def test_check_adapter_command_prints_a_table_and_sets_the_exit_code(monkeypatch):
+    result = CliRunner().invoke(app, ["check-adapter", "blip2-tiny"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[projected] batch of 8 equals 8 batches of 1" in result.output and "conformant" in result.output
+    monkeypatch.setattr(Blip2Adapter, "resample", lambda self, f, text=None: self.parts.resample(f, True) * 2)
+    result = CliRunner().invoke(app, ["check-adapter", "blip2-tiny"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "fail" in result.output
+    assert get_family("blip2") is Blip2Adapter
