@@ -6,6 +6,7 @@ Files whose name starts with "_" are bases for `include:` and are not tasks them
 from __future__ import annotations
 
 import difflib
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,8 +120,24 @@ class TaskRegistry(_Registry):
         return [self.items[n] for n in chosen]
 
 
+CARDS_ENTRY_POINT = "spatialbench.cards"
+
+
+def packaged_card_dirs() -> list[Path]:
+    """Card directories that installed packages declare in the `spatialbench.cards` entry-point group."""
+    dirs = []
+    for ep in entry_points(group=CARDS_ENTRY_POINT):
+        try:
+            target = ep.load()
+            dirs.append(Path(target() if callable(target) else target))
+        except Exception as e:  # a broken package is named, not hidden behind a traceback
+            raise SpatialbenchError(f"model cards from entry point {ep.value} failed to load: {e}",
+                                    fix=f"fix or uninstall the package that provides '{ep.value}'") from e
+    return dirs
+
+
 class ModelRegistry(_Registry):
     kind, model = "model", ModelCard
 
     def __init__(self, include_paths: list[Path] = ()):
-        super().__init__([builtin_dir("models"), *map(Path, include_paths)])
+        super().__init__([builtin_dir("models"), *packaged_card_dirs(), *map(Path, include_paths)])

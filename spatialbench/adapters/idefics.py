@@ -1,0 +1,221 @@
+"""IDEFICS (v1): CLIP-like vision tower -> Perceiver Resampler latents -> the LLM's gated cross-attention.
+
+IDEFICS does not put its visual prompt into the LLM's `inputs_embeds`. The Perceiver Resampler's output
+(64 latents x the *vision* width, 1280 for idefics-9b/80b) is passed unchanged, as `image_hidden_states`,
+to every gated cross-attention layer, which projects it with its own per-layer `k_proj`/`v_proj` (LLM
+parameters, one pair per cross-attention layer, so there is no single "projection" to extract).
+
+Points: `resampler` is the Perceiver's output; `projected` is, by the contract, what the LLM receives,
+and here that is the very same tensor, so `projected` is an alias of `resampler` (same prompt, same
+trained parameters, same shape). We keep the alias rather than drop the point so that `projected` means
+"the LLM's visual input" for every family and a sweep at `--point projected` covers IDEFICS too; the
+fingerprint still names the requested point. `vision_patches` is the vision tower's last hidden state
+(CLS + patches), which is what the resampler reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import SpatialbenchError
+from ..specs import ModelCard
+from .base import Adapter, register_family
+from .loading import Checkpoint, materialise_module, resolve
+from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXTRACTION_PREFIXES = ("model.vision_model.", "model.perceiver_resampler.")
+EMBED_PREFIX = "model.embed_tokens."  # weight (+ additional_embedding.weight: the decoupled extra vocab)
+IMAGE_TOKENS = ("<fake_token_around_image>", "<image>")
+
+
+@functools.cache
+def _parts_class():
+    from transformers.models.idefics.modeling_idefics import IdeficsPreTrainedModel
+    from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
+    from transformers.models.idefics.vision import IdeficsVisionTransformer
+
+    class IdeficsParts(IdeficsPreTrainedModel):
+        """The parts of IdeficsModel that make the visual prompt, under the same names (less `model.`).
+
+        A PreTrainedModel so transformers picks the attention implementation exactly as for the full
+        model (IdeficsModel hands its choice on to the vision tower, as done here).
+        """
+
+        def __init__(self, config):
+            super().__init__(config)
+            config.vision_config._attn_implementation = config._attn_implementation
+            p = config.perceiver_config
+            self.vision_model = IdeficsVisionTransformer(config.vision_config)
+            self.perceiver_resampler = IdeficsPerceiverResampler(
+                config, config.vision_config.embed_dim, p.resampler_depth, p.resampler_n_heads,
+                p.resampler_head_dim, p.resampler_n_latents)
+            self.post_init()
+
+    return IdeficsParts
+
+
+def _embedding_table(config) -> nn.Module:
+    from transformers.models.idefics.modeling_idefics import IdeficsDecoupledEmbedding
+
+    return IdeficsDecoupledEmbedding(num_embeddings=config.vocab_size, embedding_dim=config.hidden_size,
+                                     num_additional_embeddings=config.additional_vocab_size,
+                                     padding_idx=config.pad_token_id)
+
+
+@register_family("idefics")
+class IdeficsAdapter(Adapter):
+    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: nn.Module, embeddings: nn.Module,
+                 tokenizer, processor, point: str | None, device: str):
+        super().__init__(card, point)
+        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
+        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
+        self.dtype = DTYPES[card.dtype]
+        self.config = None
+
+    @classmethod
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> IdeficsAdapter:
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
+        config = AutoConfig.from_pretrained(ckpt.root)
+        if not config.use_resampler:
+            raise SpatialbenchError(f"checkpoint '{card.checkpoint}' has no Perceiver Resampler (use_resampler=false)",
+                                    field="checkpoint", fix="the idefics family needs a checkpoint with use_resampler")
+        tensors = ckpt.load(lambda k: k.startswith((*EXTRACTION_PREFIXES, EMBED_PREFIX)))
+        with torch.device("meta"):
+            parts = _parts_class()(copy.deepcopy(config))
+            embeddings = _embedding_table(config)
+        vision_embeddings = parts.vision_model.embeddings  # its position_ids buffer is not in the checkpoint
+        vision_embeddings.position_ids = torch.arange(vision_embeddings.num_positions).expand((1, -1))
+        materialise_module(parts, {k: v for k, v in tensors.items() if k.startswith(EXTRACTION_PREFIXES)}, "model.")
+        materialise_module(embeddings, tensors, EMBED_PREFIX)
+        dtype = DTYPES[card.dtype]  # IDEFICS keeps nothing in fp32: every module runs in the load dtype
+        parts.to(device, dtype).eval().requires_grad_(False)
+        embeddings.to(device, dtype).eval().requires_grad_(False)
+        adapter = cls(card, ckpt, parts, embeddings,
+                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
+                      point, device)
+        adapter.loaded_keys, adapter.config = set(tensors), config
+        return adapter
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        # IdeficsProcessor copies these, one image per prompt, into pixel_values[:, 0].
+        pixels = self.processor(images=images, return_tensors="pt")
+        pixels = pixels["pixel_values"] if not isinstance(pixels, torch.Tensor) else pixels
+        return pixels.to(self.device, self.dtype)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.parts.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
+        return self.parts.perceiver_resampler(vision_features)  # resampler == projected: see the docstring
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
+
+    def resampler_parameters(self) -> list[nn.Parameter]:
+        return list(self.parts.perceiver_resampler.parameters())  # no projection outside the LLM exists
+
+    def fingerprint(self) -> str:
+        return f"idefics|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return shape_at(self.config, point)
+
+    @property
+    def text_dim(self) -> int:
+        return self.embeddings.embedding_dim
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        from transformers import IdeficsForVisionText2Text
+
+        model = IdeficsForVisionText2Text.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
+        model.to(self.device)
+        ids, image_mask = prompt_inputs(self.tokenizer, text or [""] * pixel_values.shape[0])
+        return capture_prompts(model, pixel_values[:, None], ids.to(self.device), image_mask.to(self.device))
+
+
+def prompt_inputs(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and image_attention_mask as IdeficsProcessor makes them for [image, text] prompts."""
+    from transformers.models.idefics.processing_idefics import (
+        image_attention_mask_for_packed_input_ids,
+        incremental_to_binary_attention_mask,
+    )
+
+    fake, image = IMAGE_TOKENS
+    full = [f"{tokenizer.bos_token}{fake}{image}{fake}{t}" for t in texts]
+    ids = tokenizer(full, add_special_tokens=False, padding="longest", return_tensors="pt")["input_ids"]
+    mask, _ = image_attention_mask_for_packed_input_ids(ids, tokenizer, "pt")
+    return ids, incremental_to_binary_attention_mask(mask, "pt", num_classes=1)
+
+
+def capture_prompts(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                    image_attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run the full model; return what its first gated cross-attention layer reads as image_hidden_states
+    ("projected"), the Perceiver's output ("resampler") and the vision tower's ("vision_patches")."""
+    inner = model.model
+    xattn = inner.gated_cross_attn_layers[0]
+    signature = inspect.signature(xattn.forward)
+    captured: dict[str, torch.Tensor] = {}
+
+    def xattn_hook(module, args, kwargs):  # image_hidden_states is passed positionally
+        captured["projected"] = signature.bind(*args, **kwargs).arguments["image_hidden_states"]
+
+    handles = [
+        xattn.register_forward_pre_hook(xattn_hook, with_kwargs=True),
+        inner.perceiver_resampler.register_forward_hook(lambda m, a, out: captured.__setitem__("resampler", out)),
+        inner.vision_model.register_forward_hook(lambda m, a, out: captured.__setitem__("vision_patches", out[0])),
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, pixel_values=pixel_values, image_attention_mask=image_attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from an IdeficsConfig alone: (latents, vision width) or (patches + CLS, vision width)."""
+    v = config.vision_config
+    if point == "vision_patches":
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.embed_dim)
+    return (config.perceiver_config.resampler_n_latents, v.embed_dim)  # resampler and projected alike
+
+
+@tiny_builder("idefics-tiny")
+def build_idefics_tiny(out: Path) -> None:
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsProcessor
+    from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
+
+    tokenizer = word_tokenizer(extra_special=())
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    base_vocab = len(tokenizer)  # as in idefics-9b, the image tokens live in the decoupled extra vocabulary
+    tokenizer.add_special_tokens({"additional_special_tokens": list(IMAGE_TOKENS)})
+    config = IdeficsConfig(
+        vocab_size=base_vocab, additional_vocab_size=len(IMAGE_TOKENS), hidden_size=48, intermediate_size=96,
+        num_hidden_layers=2, num_attention_heads=2, cross_layer_interval=1, qk_layer_norms=True,
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        alpha_initializer="ones",  # the default zero gates hide the image from the LLM ("normal" fails on float alphas)
+        initializer_range=0.3,  # at 0.02 the latents swamp the image: prompts barely differ across images
+        use_resampler=True,  # the released checkpoints use it; IdeficsConfig() does not
+        perceiver_config={"use_resampler": True, "resampler_n_latents": 8, "resampler_depth": 2,
+                          "resampler_n_heads": 2, "resampler_head_dim": 16, "qk_layer_norms_perceiver": True},
+        vision_config={"embed_dim": 32, "image_size": IMAGE_SIZE, "patch_size": 8, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2},
+    )
+    model = IdeficsForVisionText2Text(config)
+    model.save_pretrained(out, max_shard_size="100KB")
+    IdeficsProcessor(IdeficsImageProcessorPil(image_size=IMAGE_SIZE), tokenizer).save_pretrained(out)
