@@ -1,0 +1,195 @@
+"""Kosmos-2: vision features -> image_to_text_projection (64 latent queries) -> the text model's `image_embeds`.
+
+The data path, as Kosmos2ForConditionalGeneration.get_image_features runs it:
+
+    CLIP ViT last_hidden_state [B, 257, 1024]
+      -> vision_model.model.post_layernorm -> F.normalize(dim=-1)          = "vision_patches" (CLS included)
+      -> image_to_text_projection: dense (1024 -> 2048), then 64 learned latent queries cross-attend
+         (x_attn) to [dense(features); latent queries]                      = "projected" = "resampler"
+      -> text_model(image_embeds=...): written at the image-token positions of inputs_embeds, and only then
+         multiplied, with the text token embeddings, by embed_scale = sqrt(2048) inside the text model.
+
+The prompt is what is passed as `image_embeds`, before that embed_scale multiplication; embed_text returns the
+token embeddings before it too, so prompt and text stay on the scale the text model puts side by side.
+
+Points: Kosmos-2 has no projection after its resampler. image_to_text_projection *is* the resampler (the linear
+map `dense` comes first, the latent-query cross-attention last), and its output already has the LLM's width and is
+what the text model reads. So "resampler" and "projected" are the same tensor: both names are accepted (a run over
+several families at `--point resampler` still works), both train the same parameters (the whole
+image_to_text_projection), and their fingerprints differ only by the point name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from PIL import Image
+
+from ..errors import SpatialbenchError
+from ..specs import ModelCard
+from .base import Adapter, register_family
+from .loading import Checkpoint, materialise_module, resolve
+from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXTRACTION_PREFIXES = ("vision_model.", "image_to_text_projection.")
+EMBED_KEY = "text_model.model.embed_tokens.weight"  # Kosmos2TextForCausalLM.get_input_embeddings(), as saved
+
+
+class Kosmos2Parts(nn.Module):
+    """The parts of Kosmos2ForConditionalGeneration that produce the visual prompt, same names as there."""
+
+    def __init__(self, config):
+        from transformers.models.kosmos2.modeling_kosmos2 import Kosmos2ImageToTextProjection, Kosmos2VisionModel
+
+        super().__init__()
+        self.vision_model = Kosmos2VisionModel._from_config(config.vision_config)
+        # x_attn dispatches on text_config._attn_implementation. from_pretrained resolves one implementation for
+        # the whole (composite) model, the one _from_config just chose for the vision tower (same model class
+        # family, same support flags); left unset it would fall back to eager and differ in the last bits.
+        config.text_config._attn_implementation = self.vision_model.config._attn_implementation
+        self.image_to_text_projection = Kosmos2ImageToTextProjection(config)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # Mirrors Kosmos2ForConditionalGeneration.get_image_features step for step, so results are bit-equal.
+        out = self.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+        return nn.functional.normalize(self.vision_model.model.post_layernorm(out), dim=-1)
+
+    def resample(self, features: torch.Tensor) -> torch.Tensor:
+        return self.image_to_text_projection(features)[0]
+
+
+@register_family("kosmos2")
+class Kosmos2Adapter(Adapter):
+    """Kosmos-2 (see the module docstring: "resampler" and "projected" are one tensor here)."""
+
+    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Kosmos2Parts, embeddings: nn.Embedding,
+                 tokenizer, processor, point: str | None, device: str):
+        super().__init__(card, point)
+        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
+        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
+        self.dtype = DTYPES[card.dtype]
+        self.config = None
+
+    @classmethod
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> Kosmos2Adapter:
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
+        config = AutoConfig.from_pretrained(ckpt.root)
+        if config.model_type != "kosmos-2":
+            raise SpatialbenchError(f"checkpoint '{card.checkpoint}' is a '{config.model_type}' model, not Kosmos-2",
+                                    field="family", fix="set the card's family to the checkpoint's family")
+        if EMBED_KEY not in ckpt.weight_map:
+            raise SpatialbenchError(f"checkpoint '{card.checkpoint}' has no '{EMBED_KEY}'", field="checkpoint",
+                                    fix="use a checkpoint saved by Kosmos2ForConditionalGeneration.save_pretrained")
+        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == EMBED_KEY)
+        with torch.device("meta"):
+            parts = Kosmos2Parts(config)
+        embeddings = parts.vision_model.model.embeddings  # its position_ids buffer is not saved: rebuild it
+        embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
+        materialise_module(parts, {k: v for k, v in tensors.items() if k != EMBED_KEY})
+        dtype = DTYPES[card.dtype]
+        parts.to(dtype)  # no _keep_in_fp32_modules in Kosmos-2: from_pretrained(dtype=...) casts every part
+        table = nn.Embedding.from_pretrained(tensors[EMBED_KEY].to(dtype), freeze=True)
+        adapter = cls(card, ckpt, parts, table,
+                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
+                      point, device)
+        adapter.loaded_keys, adapter.config = set(tensors), config
+        parts.to(device).eval().requires_grad_(False)
+        table.to(device)
+        return adapter
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """normalize(post_layernorm(ViT last_hidden_state)): exactly what image_to_text_projection reads."""
+        return self.parts.vision_features(pixel_values)
+
+    def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
+        """image_to_text_projection's output: the text model's `image_embeds` (before embed_scale)."""
+        return self.parts.resample(vision_features)
+
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Kosmos2Processor puts <s> before the image and tokenises the text after it without special tokens, so
+        # these are the embeddings of the text exactly as the model reads it (before embed_scale, like the prompt).
+        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.device)
+        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
+
+    def resampler_parameters(self) -> list[nn.Parameter]:
+        if self.point == "vision_patches":
+            return []
+        return list(self.parts.image_to_text_projection.parameters())  # dense, latent_query, x_attn
+
+    def fingerprint(self) -> str:
+        return f"kosmos2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return shape_at(self.config, point)
+
+    @property
+    def text_dim(self) -> int:
+        return self.embeddings.embedding_dim
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        from transformers import Kosmos2ForConditionalGeneration
+
+        model = Kosmos2ForConditionalGeneration.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
+        model.to(self.device)
+        captured: dict[str, torch.Tensor] = {}
+        model.text_model.register_forward_pre_hook(
+            lambda m, a, kw: captured.__setitem__("lm", kw["image_embeds"]), with_kwargs=True)
+        model.image_to_text_projection.register_forward_pre_hook(lambda m, a: captured.__setitem__("vision", a[0]))
+        q, b = model.config.latent_query_num, pixel_values.shape[0]
+        # <s> <image> [q image slots] </image>, as Kosmos2Processor lays it out; the slot ids are overwritten.
+        ids = torch.full((b, q + 3), model.config.text_config.bos_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        mask[:, 2:q + 2] = 1
+        with torch.no_grad():
+            model(pixel_values=pixel_values, input_ids=ids, image_embeds_position_mask=mask)
+        return {"projected": captured["lm"], "resampler": captured["lm"], "vision_patches": captured["vision"]}
+
+
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a Kosmos2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+    return (config.latent_query_num, config.text_config.embed_dim)  # resampler == projected
+
+
+@tiny_builder("kosmos2-tiny")
+def build_kosmos2_tiny(out: Path) -> None:
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<s>"})  # Kosmos2Processor writes <s> before the image
+    # Like the real (XLM-R style) tokenizer, add <s> ... </s> by default, which the processor turns off.
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)])
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    # The processor adds its tag tokens and num_patch_index_tokens location tokens (1024 in the real model).
+    processor = Kosmos2Processor(image_processor, tokenizer, num_patch_index_tokens=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=IMAGE_SIZE, patch_size=8)
+    text = dict(
+        embed_dim=48, layers=2, ffn_dim=96, attention_heads=2, vocab_size=len(processor.tokenizer),
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        init_std=0.2,  # at 0.02 the x_attn projections make all 8 latent queries give nearly the same row
+    )
+    config = Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=8)
+    model = Kosmos2ForConditionalGeneration(config)
+    with torch.no_grad():
+        # The unit-norm features go through `dense` and are concatenated with N(0, 1) latent queries as the keys
+        # and values: at init_std they come out ~100x smaller and the prompt barely depends on the image.
+        model.image_to_text_projection.dense.weight.normal_(0.0, 2.0)
+    model.save_pretrained(out, max_shard_size="50KB")
+    processor.save_pretrained(out)
