@@ -61,6 +61,10 @@ def run(
         help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         help="allow a generic card with trust_remote_code to run the checkpoint's own Python code")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        help="annotations root, {data_dir} in task YAMLs [default: $SPATIALBENCH_DATA]")] = None,
+    coco_root: Annotated[Optional[Path], typer.Option(
+        help="COCO images root (train2014/, train2017/, val2017/), {coco_root} in task YAMLs [default: $COCO_ROOT]")] = None,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
     from .report import Reporter, quiet_libraries
@@ -71,7 +75,7 @@ def run(
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
                            device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
                            mixed_precision=mixed_precision.value, point=point.value if point else None,
-                           trust_remote_code=trust_remote_code, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+                           trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root, command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()
@@ -92,7 +96,7 @@ def demo(
     """The embedded default: the tiny BLIP-2 built in code on every synthetic task. Offline, CPU, minutes."""
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
-        trust_remote_code=False)
+        trust_remote_code=False, data_dir=None, coco_root=None)
 
 
 @app.command("check-adapter")

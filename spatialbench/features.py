@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .adapters.base import Adapter
 from .atomic import atomic_write
+from .errors import SpatialbenchError
 
 ImageLoader = Callable[[], Image.Image]
 Request = tuple[str, "str | None", ImageLoader]  # (image content key, text the resampler reads, loader)
@@ -39,6 +40,7 @@ class FeatureStore:
         self.extracted = 0  # visual-prompt forward passes, one per image
         self.reused = 0
         self.recomputed = 0  # corrupt entries found and extracted again
+        self.failed: dict[str, str] = {}  # content key -> why its image could not be read
         about = self.root / "model.json"
         if not about.exists():
             text = json.dumps({"fingerprint": adapter.fingerprint(), "shape": list(adapter.prompt_shape)}, indent=2)
@@ -74,13 +76,16 @@ class FeatureStore:
                 if on_batch:
                     on_batch(1)
             else:
-                todo[key] = (text, loader)
+                todo[key] = (text, loader, content_key)
         # Batches never mix text-conditioned requests with plain ones.
-        plain = [k for k, (text, _) in todo.items() if text is None]
-        conditioned = [k for k, (text, _) in todo.items() if text is not None]
+        plain = [k for k, (text, *_) in todo.items() if text is None]
+        conditioned = [k for k, (text, *_) in todo.items() if text is not None]
         batches = [keys[i:i + self.batch_size] for keys in (plain, conditioned) for i in range(0, len(keys), self.batch_size)]
         for batch in batches:
-            pixels = self.adapter.preprocess([todo[k][1]() for k in batch])
+            batch, images = self._read(batch, todo, on_batch)
+            if not batch:
+                continue
+            pixels = self.adapter.preprocess(images)
             texts = [todo[k][0] for k in batch]
             prompts = self.adapter.visual_prompt(pixels, None if texts[0] is None else texts).detach().cpu()
             self.extracted += len(batch)
@@ -88,6 +93,20 @@ class FeatureStore:
                 atomic_write(self.path(key), lambda p, t=prompt: save_file({"prompt": t.contiguous()}, str(p)))
             if on_batch:
                 on_batch(len(batch))
+
+    def _read(self, batch: list[str], todo: dict, on_batch) -> tuple[list[str], list[Image.Image]]:
+        """Decode a batch; an unreadable image is recorded (with its path) and skipped, not fatal to the run."""
+        kept, images = [], []
+        for key in batch:
+            text, loader, content_key = todo[key]
+            try:
+                images.append(loader())
+                kept.append(key)
+            except SpatialbenchError as e:
+                self.failed[content_key] = str(e)
+                if on_batch:
+                    on_batch(1)
+        return kept, images
 
     def load(self, requests: list[tuple[str, str | None]]) -> torch.Tensor:
         """[N, Q, D] prompts for these (content key, text) pairs, in order; all must have been ensured."""

@@ -65,6 +65,7 @@ class ExtractionStats(Strict):
     extracted: int = 0
     reused: int = 0
     recomputed: int = 0
+    failed: int = Field(0, description="images that could not be read (their tasks are marked failed)")
     seconds: float = 0.0
 
 

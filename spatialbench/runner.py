@@ -15,7 +15,7 @@ from .adapters.base import Adapter, get_family
 from .adapters.loading import default_cache_dir
 from .assemble import build_inputs, feature_requests
 from .data.examples import TaskData
-from .data.sources import load_task_data
+from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
 from .features import FeatureStore, Request, digest
 from .registry import ModelRegistry, TaskRegistry, load_spec
@@ -53,6 +53,7 @@ class Runner:
         self.seeds = list(range(config.seeds))
         self.out_dir = Path(config.output) / self.card.name
         self.results_path = self.out_dir / "results.json"
+        self.data = DataContext.from_flags(config.data_dir, config.coco_root)
 
     def _save(self, result: RunResult) -> None:
         if self.accelerator.is_main_process:  # under `accelerate launch`, one writer
@@ -73,12 +74,19 @@ class Runner:
         for task in self.tasks:
             start = time.perf_counter()
             try:
-                loaded[task.name] = (load_task_data(task, self.config.limit), time.perf_counter() - start)
+                loaded[task.name] = (load_task_data(task, self.config.limit, self.data), time.perf_counter() - start)
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
         self._save(result)
-        requests = [r for name, (data, _) in loaded.items() for r in feature_requests(self._task(name), data, adapter)]
-        result.extraction = self._extract(store, requests)
+        requests = {name: feature_requests(self._task(name), data, adapter) for name, (data, _) in loaded.items()}
+        result.extraction = self._extract(store, [r for reqs in requests.values() for r in reqs])
+        for name, reqs in requests.items():  # a task with an unreadable image fails; the others go on
+            broken = sorted({store.failed[k] for k, _, _ in reqs if k in store.failed})
+            if broken:
+                error = SpatialbenchError(f"{len(broken)} image(s) could not be read:\n" + "\n".join(broken[:5]),
+                                          fix="replace or remove those files and run again")
+                result.tasks[name] = self._failed(self._task(name), error)
+                del loaded[name]
         self._save(result)
         for task in self.tasks:
             if task.name not in loaded:
@@ -108,7 +116,8 @@ class Runner:
         with self.reporter.extraction(len(unique)) as advance:
             store.ensure(unique.values(), on_batch=advance)
         return ExtractionStats(images=len({k for k, _ in unique}), prompts=len(unique), extracted=store.extracted, reused=store.reused,
-                               recomputed=store.recomputed, seconds=time.perf_counter() - start)
+                               recomputed=store.recomputed, failed=len(store.failed),
+                               seconds=time.perf_counter() - start)
 
     def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, adapter: Adapter,
                load_seconds: float) -> TaskResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,7 +82,45 @@ class SyntheticDataset(Strict):
         return self
 
 
-DatasetSpec = SyntheticDataset
+class VsrDataset(Strict):
+    """Visual Spatial Reasoning (Liu et al., 2023): COCO 2017 images, captions labelled true / false."""
+
+    source: Literal["vsr"] = "vsr"
+    variant: Literal["random", "zeroshot"] = "random"
+    annotations: str | None = Field(
+        None, description="directory with train/dev/test.jsonl; unset: the Hub dataset cambridgeltl/vsr_<variant>"
+    )
+    hub_id: str | None = Field(None, description="Hub dataset id; default cambridgeltl/vsr_<variant>")
+    images: str = Field("{coco_root}", description="COCO 2017 root holding train2017/ and val2017/")
+    download_images: bool = Field(False, description="fetch missing images from image_link into the cache")
+
+
+class ReferDataset(Strict):
+    """RefCOCO / RefCOCO+ / RefCOCOg in the original REFER layout: refs(<split_by>).p + instances.json."""
+
+    source: Literal["refer"] = "refer"
+    dataset: Literal["refcoco", "refcoco+", "refcocog"]
+    split_by: Literal["unc", "umd", "google"]
+    annotations: str = Field("{data_dir}/{dataset}", description="directory with refs(<split_by>).p, instances.json")
+    images: str = Field("{coco_root}/train2014", description="COCO train2014 images")
+    hub_id: str | None = Field(None, description="a Hugging Face mirror with a train split, instead of annotations")
+
+
+class CocoDataset(Strict):
+    """Explicit probes derived from COCO instances: unique-category objects and their pairwise relations."""
+
+    source: Literal["coco"] = "coco"
+    instances: str = Field("{coco_root}/annotations/instances_{split}.json")
+    images: str = Field("{coco_root}/{split}")
+    min_area: float = Field(0.02, gt=0.0, lt=1.0, description="objects below this fraction of the image are dropped")
+    margin: float = Field(0.05, ge=0.0, lt=0.5, description="relation pairs closer than this to a tie are dropped")
+    max_pairs_per_image: int = Field(6, ge=1)
+    validation_fraction: float = Field(
+        0.05, gt=0.0, lt=0.5, description="share of the train split's images held out for validation"
+    )
+
+
+DatasetSpec = Annotated[Union[SyntheticDataset, VsrDataset, ReferDataset, CocoDataset], Field(discriminator="source")]
 
 
 class TaskSpec(Strict):
@@ -94,7 +132,7 @@ class TaskSpec(Strict):
     version: int = Field(1, ge=1)
     groups: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
-    dataset: DatasetSpec = Field(discriminator="source")
+    dataset: DatasetSpec
     splits: dict[SplitName, str] = Field(
         default_factory=lambda: {s: s for s in SPLITS}, description="our split -> the source's split"
     )
@@ -159,4 +197,6 @@ class RunConfig(Strict):
         None, description="override the card's extraction point (vision_patches: the pre-compression baseline)"
     )
     trust_remote_code: bool = False
+    data_dir: Path | None = Field(None, description="annotations root [default: $SPATIALBENCH_DATA]")
+    coco_root: Path | None = Field(None, description="COCO images root [default: $COCO_ROOT]")
     command: str = ""

@@ -1,0 +1,236 @@
+"""Idefics2: SigLIP patches -> connector.modality_projection -> connector.perceiver_resampler (the LLM input).
+
+Extraction points. Idefics2 projects the vision features to the text width *before* resampling, and
+the perceiver's output goes into Mistral's `inputs_embeds` at the `<image>` positions unchanged (the
+model only casts it to its own dtype, a no-op under a uniform load). So there is no raw resampler output
+apart from the LLM input: `projected` and `resampler` are the same tensor, the perceiver output
+[64, 4096] for idefics2-8b. Both points are offered, so that runs asking every model for `resampler`
+also cover Idefics2; their `resampler_parameters()` are the same too: everything between the vision
+features and the prompt, i.e. the modality projection *and* the perceiver. `vision_patches` is the
+vision encoder's last hidden state (post layernorm), as the connector reads it.
+
+Images. Image splitting is always off (one visual prompt per image, whatever the saved processor
+config says). The processor resizes keeping the aspect ratio, pads the batch to its largest image and
+returns `pixel_attention_mask`; the model turns that into a patch mask for the vision encoder and the
+perceiver. So `preprocess` returns [B, 4, H, W]: the three normalised channels and, as a fourth, the
+processor's pixel mask. `vision_features` returns the patches on a fixed S x S grid (S = image_size /
+patch_size: 70 for idefics2-8b), each image's real patches at its top-left and zeros elsewhere, so one
+image's features never depend on the batch it came in; `resample` reads the patch mask back from the
+zero rows (a real post-layernorm patch is never exactly zero), crops the grid to the one the model
+itself builds for the batch (the same keys in the same order, and no work on 70x70 padding), and runs
+the connector with that mask, as the model does. At `vision_patches` the padding patches read as zeros
+where the model holds values its mask ignores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import SpatialbenchError
+from ..specs import ModelCard
+from .base import Adapter, register_family
+from .blip2 import DTYPES
+from .loading import Checkpoint, materialise_module, resolve
+from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
+
+EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
+
+
+class Idefics2Parts(nn.Module):
+    """The parts of Idefics2Model that produce the visual prompt, with the same names as there."""
+
+    def __init__(self, config):
+        from transformers.models.idefics2.modeling_idefics2 import Idefics2Connector, Idefics2VisionTransformer
+
+        super().__init__()
+        self.vision_model = Idefics2VisionTransformer._from_config(config.vision_config)
+        self.connector = Idefics2Connector(config)
+        self.side = config.vision_config.image_size // config.vision_config.patch_size
+        self.patch = config.vision_config.patch_size
+
+    def vision_features(self, packed: torch.Tensor) -> torch.Tensor:
+        # Mirrors Idefics2Model.get_image_features up to the vision encoder (one image per sample).
+        pixel_values = packed[:, :3].to(self.vision_model.dtype)
+        pixel_mask = packed[:, 3].round().long()
+        p = self.patch
+        patch_mask = (pixel_mask.unfold(1, p, p).unfold(2, p, p).sum(dim=(-1, -2)) == p * p).bool()
+        hidden = self.vision_model(pixel_values=pixel_values, patch_attention_mask=patch_mask).last_hidden_state
+        return on_fixed_grid(hidden, patch_mask, self.side)
+
+    def resample(self, features: torch.Tensor) -> torch.Tensor:
+        b, _, d = features.shape
+        valid = (features.detach() != 0).any(-1).view(b, self.side, self.side)
+        rows, cols = valid.any(dim=(0, 2)).nonzero(), valid.any(dim=(0, 1)).nonzero()
+        if not len(rows):
+            raise SpatialbenchError("resample got no valid patch: every feature row is zero")
+        h, w = int(rows.max()) + 1, int(cols.max()) + 1  # the padded grid the model builds for this batch
+        context = features.reshape(b, self.side, self.side, d)[:, :h, :w].reshape(b, h * w, d)
+        return self.connector(context, attention_mask=valid[:, :h, :w].reshape(b, h * w))
+
+
+def on_fixed_grid(hidden: torch.Tensor, patch_mask: torch.Tensor, side: int) -> torch.Tensor:
+    """Vision tokens of a padded batch grid -> a side x side grid per image, padding patches zeroed."""
+    b, h, w = patch_mask.shape
+    if h > side or w > side:
+        raise SpatialbenchError(f"images give a {h}x{w} patch grid, more than the model's {side}x{side}",
+                                fix="use the checkpoint's own image processor settings (longest_edge)")
+    grid = hidden.new_zeros(b, side, side, hidden.shape[-1])
+    grid[:, :h, :w] = hidden.view(b, h, w, -1).masked_fill(~patch_mask[..., None], 0)
+    return grid.view(b, side * side, -1)
+
+
+@register_family("idefics2")
+class Idefics2Adapter(Adapter):
+    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Idefics2Parts, embeddings: nn.Embedding,
+                 tokenizer, processor, point: str | None, device: str):
+        super().__init__(card, point)
+        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
+        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
+        self.dtype = DTYPES[card.dtype]
+        self.config = None
+
+    @classmethod
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> Idefics2Adapter:
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
+        config = AutoConfig.from_pretrained(ckpt.root)
+        embed_key = input_embedding_key(config.text_config)
+        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
+        with torch.device("meta"):
+            parts = Idefics2Parts(config)
+        materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key}, prefix="model.")
+        dtype = DTYPES[card.dtype]
+        parts.to(dtype)  # Idefics2 keeps no module in fp32: everything follows the load dtype
+        embeddings = nn.Embedding.from_pretrained(tensors[embed_key].to(dtype), freeze=True)
+        processor = AutoImageProcessor.from_pretrained(ckpt.root)
+        size = processor.size
+        longest = max(size.get(k) or 0 for k in ("longest_edge", "height", "width")) // parts.patch
+        if longest > parts.side:
+            raise SpatialbenchError(f"the image processor's longest_edge gives {longest} patches a side, the vision "
+                                    f"encoder has positions for {parts.side}", field="checkpoint")
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.root)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        adapter = cls(card, ckpt, parts, embeddings, tokenizer, processor, point, device)
+        adapter.loaded_keys, adapter.config = set(tensors), config
+        parts.to(device).eval().requires_grad_(False)
+        embeddings.to(device)
+        return adapter
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        out = self.processor(images=[[im] for im in images], do_image_splitting=False, return_tensors="pt")
+        pixels = out["pixel_values"][:, 0]
+        mask = out["pixel_attention_mask"][:, 0] if "pixel_attention_mask" in out else torch.ones_like(pixels[:, 0])
+        return torch.cat([pixels, mask[:, None].to(pixels.dtype)], dim=1).to(self.device, self.dtype)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.parts.vision_features(pixel_values)
+
+    def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
+        return self.parts.resample(vision_features)  # the same tensor at "resampler" and "projected"
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
+
+    def resampler_parameters(self) -> list[nn.Parameter]:
+        # The modality projection comes before the perceiver, so it lies between features and prompt at both points.
+        return list(self.parts.connector.parameters())
+
+    def fingerprint(self) -> str:
+        return f"idefics2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return shape_at(self.config, point)
+
+    @property
+    def text_dim(self) -> int:
+        return self.embeddings.embedding_dim
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        from transformers import Idefics2ForConditionalGeneration
+
+        model = Idefics2ForConditionalGeneration.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
+        model.to(self.device)
+        inner, captured = model.model, {}
+        inner.text_model.register_forward_pre_hook(
+            lambda m, a, kw: captured.__setitem__("lm", kw["inputs_embeds"]), with_kwargs=True)
+        inner.connector.perceiver_resampler.register_forward_hook(lambda m, a, out: captured.__setitem__("pr", out))
+        inner.vision_model.register_forward_hook(
+            lambda m, a, kw, out: captured.update(vision=out.last_hidden_state, mask=kw["patch_attention_mask"]),
+            with_kwargs=True)
+        q = model.config.perceiver_config.resampler_n_latents
+        fake = self.tokenizer.convert_tokens_to_ids("<fake_token_around_image>")
+        ids = torch.full((pixel_values.shape[0], q + 3), model.config.image_token_id, device=self.device)
+        ids[:, 0], ids[:, q + 1], ids[:, q + 2] = fake, fake, self.tokenizer.eos_token_id
+        with torch.no_grad():
+            model(input_ids=ids, pixel_values=pixel_values[:, None, :3],
+                  pixel_attention_mask=pixel_values[:, None, 3].round().long())
+        vision = on_fixed_grid(captured["vision"], captured["mask"], self.parts.side)
+        return {"projected": captured["lm"][:, 1:q + 1], "resampler": captured["pr"], "vision_patches": vision}
+
+
+def input_embedding_key(text_config, prefix: str = "model.text_model.") -> str:
+    """Idefics2Model.text_model is an AutoModel (no LM head), so the table is `embed_tokens` under it."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        lm = AutoModel.from_config(text_config)
+    table = lm.get_input_embeddings()
+    return prefix + next(n for n, m in lm.named_modules() if m is table) + ".weight"
+
+
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from an Idefics2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2, v.hidden_size)
+    return (config.perceiver_config.resampler_n_latents, config.text_config.hidden_size)
+
+
+def tiny_config(tokenizer, **text_overrides):
+    """A tiny Idefics2Config around `tokenizer` (which must already hold the processor's special tokens)."""
+    from transformers import Idefics2Config, MistralConfig
+    from transformers.models.idefics2.configuration_idefics2 import Idefics2PerceiverConfig, Idefics2VisionConfig
+
+    vision = Idefics2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.05)
+    text = MistralConfig(**{
+        "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 24, "vocab_size": len(tokenizer), "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
+        **text_overrides})
+    perceiver = Idefics2PerceiverConfig(
+        hidden_size=text.hidden_size, rms_norm_eps=text.rms_norm_eps, resampler_n_latents=8, resampler_depth=2,
+        resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1, initializer_range=0.2)
+    return Idefics2Config(vision_config=vision.to_dict(), perceiver_config=perceiver.to_dict(),
+                          text_config=text.to_dict(), image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+
+def tiny_processor():
+    """Word tokenizer + PIL image processor, joined by Idefics2Processor (which adds its special tokens)."""
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
+
+    # Splitting on, as in the released config: the adapter must turn it off itself.
+    images = Idefics2ImageProcessorPil(size={"shortest_edge": IMAGE_SIZE // 2, "longest_edge": IMAGE_SIZE},
+                                       do_image_splitting=True)
+    return Idefics2Processor(images, word_tokenizer(), image_seq_len=8)
+
+
+@tiny_builder("idefics2-tiny")
+def build_idefics2_tiny(out: Path) -> None:
+    from transformers import Idefics2ForConditionalGeneration
+
+    processor = tiny_processor()
+    model = Idefics2ForConditionalGeneration(tiny_config(processor.tokenizer))
+    with torch.no_grad():  # the latents start at ones: every latent, hence every prompt row, would be alike
+        model.model.connector.perceiver_resampler.latents.normal_(0.0, 1.0)
+    model.save_pretrained(out, max_shard_size="100KB")
+    processor.save_pretrained(out)
