@@ -1,5 +1,6 @@
 """The conformance check passes good adapters and catches broken ones."""
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -10,10 +11,12 @@ from spatialbench.registry import ModelRegistry
 from spatialbench.testing import assert_conformant, run_checks
 
 
-def test_blip2_tiny_and_the_generic_card_are_conformant():
-    for name in ("blip2-tiny", "generic-blip2-tiny"):
-        checks = assert_conformant(name)
-        assert any(c.name.startswith("prompt equals") and c.status == "pass" for c in checks)
+@pytest.mark.parametrize("name", ["blip2-tiny", "instructblip-tiny", "idefics-tiny", "idefics2-tiny", "kosmos2-tiny",
+                                  "llava-tiny", "generic-blip2-tiny"])
+def test_every_family_tiny_card_is_conformant(name):
+    checks = assert_conformant(name)
+    assert any(c.name.startswith("prompt equals") and c.status == "pass" for c in checks)
+    assert sum(c.status == "pass" for c in checks) >= 10
 
 
 def _statuses(checks):

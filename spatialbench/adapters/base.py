@@ -16,7 +16,7 @@ from ..specs import ModelCard
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
-BUILTIN_FAMILIES = ("blip2", "generic", "idefics", "idefics2", "kosmos2")  # modules of spatialbench.adapters that register a family on import
+BUILTIN_FAMILIES = ("blip2", "generic", "idefics", "idefics2", "instructblip", "kosmos2", "llava")  # modules of spatialbench.adapters that register a family on import
 
 
 class Adapter(ABC):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from pydantic import Field, ValidationError

@@ -4,15 +4,12 @@ Every exactness test compares with what Blip2ForConditionalGeneration actually f
 captured with hooks, so a wrong module, a wrong preprocessing step or a wrong extraction point fails.
 """
 
-import json
 import shutil
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -22,59 +19,12 @@ from spatialbench.adapters.blip2 import EXTRACTION_PREFIXES, Blip2Adapter
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
 
+from .helpers import TEXTS, RecordingHandle, index_of, mixed_images, square_scenes
+
 POINTS = ("resampler", "projected")
 EMBED_KEY = "language_model.model.decoder.embed_tokens.weight"
 DECODER_LAYERS = "language_model.model.decoder.layers."
-TEXTS = ["what is left of the red circle", "where is the blue square in image"]  # same word count
-
-
 # ---------------------------------------------------------------------------------------------- images
-
-
-def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
-
-
-def shapes_image(size: tuple[int, int], seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(3):
-        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
-        box = (x0, y0, x0 + int(rng.integers(w // 8, w // 2)), y0 + int(rng.integers(h // 8, h // 2)))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    return img
-
-
-def mixed_images() -> list[Image.Image]:
-    """Noise and drawn shapes at several sizes, so resizing is part of what is compared."""
-    return [
-        noise_image((80, 80), 0),
-        shapes_image((224, 224), 1),
-        noise_image((224, 224), 2),
-        shapes_image((80, 80), 3),
-        shapes_image((150, 97), 4),  # not square, not a multiple of anything
-    ]
-
-
-def square_scenes(n: int = 8, size: int = 224) -> list[Image.Image]:
-    """Synthetic-task-like scenes: one coloured square at a different place on a grey background."""
-    colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 210, 20)]
-    side = size // 4
-    out = []
-    for i in range(n):
-        img = Image.new("RGB", (size, size), (128, 128, 128))
-        col, row = i % 4, (i // 4) % 2 * 2 + (i % 2)
-        x, y = col * side, row * side
-        ImageDraw.Draw(img).rectangle((x, y, x + side - 1, y + side - 1), fill=colours[i % len(colours)])
-        out.append(img)
-    return out
-
-
-# ------------------------------------------------------------------------------------------- capturing
 
 
 def run_full_model(model, pixel_values: torch.Tensor, text_ids: torch.Tensor):
@@ -110,13 +60,6 @@ def text_ids_for(adapter, n: int) -> torch.Tensor:
     ids = adapter.tokenizer(texts, padding=True, return_tensors="pt")["input_ids"]
     assert (ids != adapter.tokenizer.unk_token_id).all(), "test texts must be in the tiny vocabulary"
     return ids
-
-
-def index_of(checkpoint_dir: Path) -> dict[str, str]:
-    return json.loads((checkpoint_dir / loading.INDEX).read_text())["weight_map"]
-
-
-# ------------------------------------------------------------------------------------------- exactness
 
 
 def test_preprocess_matches_the_checkpoints_own_image_processor(blip2_tiny, blip2_tiny_dir):
@@ -290,29 +233,6 @@ def test_loaded_keys_are_the_extraction_tensors_and_the_embedding_table_only(bli
     assert adapter.loaded_keys == extraction | {EMBED_KEY}
 
 
-class _RecordingHandle:
-    def __init__(self, inner, log):
-        self._inner, self._log = inner, log
-
-    def __enter__(self):
-        self._inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._inner.__exit__(*exc)
-
-    def get_tensor(self, name):
-        self._log["read"].append(name)
-        return self._inner.get_tensor(name)
-
-    def get_slice(self, name):
-        self._log["read"].append(name)
-        return self._inner.get_slice(name)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
 def test_decoder_layers_are_never_read_and_decoder_only_shards_never_opened(
     blip2_tiny, blip2_tiny_dir, monkeypatch
 ):
@@ -321,7 +241,7 @@ def test_decoder_layers_are_never_read_and_decoder_only_shards_never_opened(
 
     def recording_safe_open(path, *args, **kwargs):
         log["opened"].append(Path(path).name)
-        return _RecordingHandle(real(path, *args, **kwargs), log)
+        return RecordingHandle(real(path, *args, **kwargs), log)
 
     monkeypatch.setattr(loading, "safe_open", recording_safe_open)
     adapter = blip2_tiny("projected", fresh=True)

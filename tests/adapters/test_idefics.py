@@ -22,7 +22,7 @@ from spatialbench.adapters.idefics import EMBED_PREFIX, EXTRACTION_PREFIXES, Ide
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 from spatialbench.specs import ModelCard
-from tests.adapters.test_blip2 import _RecordingHandle, mixed_images, square_scenes
+from .helpers import RecordingHandle, mixed_images, square_scenes
 
 CARD = ModelCard(name="idefics-tiny", family="idefics", checkpoint="tiny:idefics-tiny")
 POINTS = ("resampler", "projected", "vision_patches")
@@ -252,7 +252,7 @@ def test_llm_layers_are_never_read_and_llm_only_shards_never_opened(idefics, tin
 
     def recording_safe_open(path, *args, **kwargs):
         log["opened"].append(Path(path).name)
-        return _RecordingHandle(real(path, *args, **kwargs), log)
+        return RecordingHandle(real(path, *args, **kwargs), log)
 
     monkeypatch.setattr(loading, "safe_open", recording_safe_open)
     adapter = idefics(fresh=True)

@@ -31,7 +31,7 @@ from spatialbench.adapters.idefics2 import (
 from spatialbench.adapters.tiny import materialise
 from spatialbench.specs import ModelCard
 
-from .test_blip2 import TEXTS, _RecordingHandle, index_of, mixed_images, noise_image, shapes_image, square_scenes
+from .helpers import TEXTS, RecordingHandle, index_of, mixed_images, noise_image, shapes_image, square_scenes
 
 POINTS = ("projected", "resampler", "vision_patches")
 CARD = ModelCard(name="idefics2-tiny", family="idefics2", checkpoint="tiny:idefics2-tiny")
@@ -278,7 +278,7 @@ def test_decoder_layers_are_never_read_and_decoder_only_shards_never_opened(idef
 
     def recording_safe_open(path, *args, **kwargs):
         log["opened"].append(Path(path).name)
-        return _RecordingHandle(real(path, *args, **kwargs), log)
+        return RecordingHandle(real(path, *args, **kwargs), log)
 
     monkeypatch.setattr(loading, "safe_open", recording_safe_open)
     adapter = idefics2(fresh=True)

@@ -1,0 +1,208 @@
+"""LLaVA-1.5, the non-resampler baseline: CLIP patch features -> MLP projector -> LLM inputs_embeds.
+
+There is no compression: every patch token of the selected vision layer (vision_feature_layer=-2, CLS
+dropped under vision_feature_select_strategy="default": 576 tokens at 336 px, patch 14) goes through the
+two-layer MLP `multi_modal_projector` into the LLM's inputs_embeds at the image-token positions.
+
+Points: `projected` (the projector output, what the LLM reads) and `vision_patches` (the selected vision
+features, what the projector reads). There is no `resampler` point: no module sits between the two, so
+it would either repeat `projected` or invent a layer the model does not have. In the joint regime the
+trainable "resampler" is the projector: resampler_parameters() is the projector's parameters (none at
+`vision_patches`, where nothing lies between the vision features and the prompt).
+
+Checkpoint layouts handled by the selective loader (all map to this module's names):
+  Hub (llava-hf/llava-1.5-7b-hf, legacy):  vision_tower.vision_model.*, multi_modal_projector.*,
+                                           language_model.model.embed_tokens.weight, language_model.lm_head.*
+  save_pretrained of transformers 5.x:     vision_tower.* (CLIP without `vision_model.`), otherwise legacy
+  transformers 5.x module names:           model.vision_tower.*, model.multi_modal_projector.*,
+                                           model.language_model.embed_tokens.weight, lm_head.weight
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import SpatialbenchError
+from ..specs import ModelCard
+from .base import Adapter, register_family
+from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
+from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+POINTS = ("projected", "vision_patches")
+
+
+class LlavaParts(nn.Module):
+    """The parts of LlavaModel that produce the visual prompt, under the same names as there."""
+
+    def __init__(self, config):
+        from transformers import AutoModel
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        super().__init__()
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.feature_layer = config.vision_feature_layer
+        self.select_strategy = config.vision_feature_select_strategy
+
+    def select(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # Mirrors LlavaModel.get_image_features up to the projector, step for step, so results are bit-equal.
+        out = self.vision_tower(pixel_values, return_dict=True, output_hidden_states=self.feature_layer)
+        layers = [self.feature_layer] if isinstance(self.feature_layer, int) else self.feature_layer
+        pool = [out.hidden_states[i] for i in layers]
+        if self.select_strategy == "default":  # drop the CLS token
+            pool = [h[:, 1:] for h in pool]
+        return pool[0] if isinstance(self.feature_layer, int) else torch.cat(pool, dim=-1)
+
+
+def _candidates(key: str) -> list[str]:
+    """The names a checkpoint key may have in LlavaParts (or the embedding table), in any layout above."""
+    if key.startswith("model."):  # transformers 5.x module names
+        key = key.removeprefix("model.")
+    if key.startswith("language_model.model."):  # legacy LLM prefix (a CausalLM inside)
+        key = "language_model." + key.removeprefix("language_model.model.")
+    if key.startswith("vision_tower.vision_model."):  # CLIPVisionModel before 5.x kept a vision_model.
+        return [key, "vision_tower." + key.removeprefix("vision_tower.vision_model.")]
+    if key.startswith("vision_tower."):
+        return [key, "vision_tower.vision_model." + key.removeprefix("vision_tower.")]
+    return [key]
+
+
+def checkpoint_name(key: str, known: set[str]) -> str | None:
+    """The name a checkpoint key fills among `known` (LlavaParts names + the embedding table), or None."""
+    return next((c for c in _candidates(key) if c in known), None)
+
+
+@register_family("llava")
+class LlavaAdapter(Adapter):
+    points = POINTS
+
+    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: LlavaParts, embeddings: nn.Embedding,
+                 tokenizer, processor, point: str | None, device: str):
+        super().__init__(card, point)
+        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
+        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
+        self.dtype = DTYPES[card.dtype]
+        self.config = None
+
+    @classmethod
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> LlavaAdapter:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
+        config = AutoConfig.from_pretrained(ckpt.root)
+        # Parameters on meta, buffers (CLIP's non-persistent position_ids) real: the checkpoint fills the rest.
+        with init_empty_weights(include_buffers=False):
+            parts = LlavaParts(config)
+        embed_name = _candidates(input_embedding_key(config.text_config, "language_model."))[0]
+        known = set(parts.state_dict()) | {embed_name}
+        names = {k: n for k in ckpt.weight_map if (n := checkpoint_name(k, known)) is not None}
+        tensors = {names[k]: v for k, v in ckpt.load(lambda k: k in names).items()}
+        if embed_name not in tensors:
+            raise SpatialbenchError(f"checkpoint has no LLM input-embedding table ({embed_name})", field="checkpoint")
+        dtype = DTYPES[card.dtype]
+        embeddings = nn.Embedding.from_pretrained(tensors.pop(embed_name).to(dtype), freeze=True)
+        materialise_module(parts, tensors)
+        parts.to(dtype)  # as from_pretrained(dtype=...): LLaVA keeps no module in fp32
+        adapter = cls(card, ckpt, parts, embeddings,
+                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
+                      point, device)
+        adapter.loaded_keys, adapter.config = set(names), config
+        parts.to(device).eval().requires_grad_(False)
+        embeddings.to(device)
+        return adapter
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.parts.select(pixel_values)
+
+    def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
+        return self.parts.multi_modal_projector(vision_features) if self.point == "projected" else vision_features
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
+
+    def resampler_parameters(self) -> list[nn.Parameter]:
+        """The projector (LLaVA's only trainable connector) at `projected`; nothing at `vision_patches`."""
+        return list(self.parts.multi_modal_projector.parameters()) if self.point == "projected" else []
+
+    def fingerprint(self) -> str:
+        return f"llava|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return shape_at(self.config, point)
+
+    @property
+    def text_dim(self) -> int:
+        return self.embeddings.embedding_dim
+
+    def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
+        model.to(self.device)
+        captured: dict[str, torch.Tensor] = {}
+        model.model.language_model.register_forward_pre_hook(
+            lambda m, a, kw: captured.__setitem__("lm", kw["inputs_embeds"]), with_kwargs=True)
+        model.model.multi_modal_projector.register_forward_pre_hook(lambda m, a: captured.__setitem__("patches", a[0]))
+        q = shape_at(model.config, "projected")[0]
+        ids = torch.full((pixel_values.shape[0], q + 2), model.config.image_token_id, device=self.device)
+        ids[:, q:] = self.tokenizer.eos_token_id
+        with torch.no_grad():
+            model(pixel_values=pixel_values, input_ids=ids)
+        return {"projected": captured["lm"][:, :q], "vision_patches": captured["patches"]}
+
+
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a LlavaConfig alone (no weights needed)."""
+    if point not in POINTS:
+        raise SpatialbenchError(f"family 'llava' has no extraction point '{point}' (LLaVA has no resampler)",
+                                field="point", fix=f"choose one of {list(POINTS)}")
+    v = config.vision_config
+    tokens = (v.image_size // v.patch_size) ** 2 + (0 if config.vision_feature_select_strategy == "default" else 1)
+    if point == "projected":
+        return (tokens, config.text_config.hidden_size)
+    layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+    return (tokens, v.hidden_size * layers)
+
+
+@tiny_builder("llava-tiny")
+def build_llava_tiny(out: Path) -> None:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = word_tokenizer(("<image>",))  # LlavaProcessor does not add <image> itself
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
+        image_size=IMAGE_SIZE, patch_size=8,
+    )
+    text = LlamaConfig(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    patches = (IMAGE_SIZE // 8) ** 2
+    config = LlavaConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_seq_length=patches,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default",  # as llava-1.5
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.save_pretrained(out, max_shard_size="100KB")
+    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE,
+                                                                                    "width": IMAGE_SIZE})
+    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    images.save_pretrained(out)

@@ -1,0 +1,21 @@
+"""`run --tasks synthetic --limit 64` works for every family's tiny card and for the vision_patches baseline."""
+
+import pytest
+
+from spatialbench.registry import TaskRegistry
+from spatialbench.runner import Runner
+from spatialbench.specs import RunConfig
+
+TINY_CARDS = ["blip2-tiny", "instructblip-tiny", "idefics-tiny", "idefics2-tiny", "kosmos2-tiny", "llava-tiny",
+              "generic-blip2-tiny"]
+
+
+@pytest.mark.parametrize("card, point", [*[(c, None) for c in TINY_CARDS], ("blip2-tiny", "vision_patches")])
+def test_every_family_runs_the_synthetic_group(card, point, tmp_path):
+    config = RunConfig(model=card, tasks=["synthetic"], seeds=1, limit=64, output=tmp_path, device="cpu", point=point)
+    result = Runner(config).run()
+    assert sorted(result.tasks) == sorted(t.name for t in TaskRegistry().resolve("synthetic"))
+    failed = {n: t.error for n, t in result.tasks.items() if t.status != "ok"}
+    assert not failed
+    assert result.point == (point or result.model.point)
+    assert result.extraction.extracted == result.extraction.prompts > 0
