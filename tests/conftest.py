@@ -16,6 +16,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def session_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("spatialbench-cache")
     os.environ["SPATIALBENCH_CACHE"] = str(cache)
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "hf-datasets")  # never the user's ~/.cache
     return cache
 
 

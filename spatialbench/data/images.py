@@ -6,7 +6,7 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import SpatialbenchError
 
@@ -27,7 +27,7 @@ def open_rgb(path: Path) -> Image.Image:
                     raise SpatialbenchError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel guard",
                                             file=str(path))
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                # No EXIF rotation: COCO boxes are in the stored pixel frame, and so are our targets.
                 return _to_rgb(img)
     except SpatialbenchError:
         raise
