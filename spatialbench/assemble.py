@@ -74,6 +74,7 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
             query=query,
             target=torch.tensor([ex.target for ex in items], dtype=dtype),
             sizes=np.array([ex.image_size for ex in items], dtype=np.float64),
+            texts=[ex.query for ex in items] if conditions_on_text(task, adapter) else None,
         )
 
     splits = {name: split(items) for name, items in data.splits.items()}
@@ -85,4 +86,6 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
         text = mask = None
         slots = len(data.splits["train"][0].query)
         shape = ProbeShape(q, d, n_outputs(task, data), n_categories=len(data.categories or []), n_slots=slots)
-    return ProbeInputs(standardise(features, splits["train"].image), splits, shape, task.target == "box", text, mask)
+    inputs = ProbeInputs(standardise(features, splits["train"].image), splits, shape, task.target == "box", text, mask)
+    inputs.row_keys = [(data.images.content_key(image_id), text) for image_id, text in rows]
+    return inputs

@@ -33,6 +33,23 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+BASELINES = ("blind", "random_resampler", "vision_patches")
+
+
+def _baselines(text: str) -> list[str]:
+    names = {"all": list(BASELINES), "none": []}.get(text.strip(), [b.strip() for b in text.split(",") if b.strip()])
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        _fail(SpatialbenchError(f"unknown baseline(s) {bad}", field="--baselines", fix=f"choose from {list(BASELINES)}"))
+    return names
+
+
+class Regime(str, Enum):
+    frozen = "frozen"
+    joint = "joint"
+    both = "both"
+
+
 class Point(str, Enum):
     resampler = "resampler"
     projected = "projected"
@@ -65,6 +82,12 @@ def run(
         help="annotations root, {data_dir} in task YAMLs [default: $SPATIALBENCH_DATA]")] = None,
     coco_root: Annotated[Optional[Path], typer.Option(
         help="COCO images root (train2014/, train2017/, val2017/), {coco_root} in task YAMLs [default: $COCO_ROOT]")] = None,
+    regime: Annotated[Regime, typer.Option(
+        help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")] = Regime.frozen,
+    baselines: Annotated[str, typer.Option(
+        help="comma-separated: blind, random_resampler, vision_patches; 'all' or 'none'")] = "none",
+    control: Annotated[bool, typer.Option(help="control tasks and selectivity for explicit probes")] = True,
+    resampler_lr: Annotated[float, typer.Option(help="joint regime: the resampler's learning rate", min=0)] = 1e-4,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
     from .report import Reporter, quiet_libraries
@@ -75,7 +98,9 @@ def run(
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
                            device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
                            mixed_precision=mixed_precision.value, point=point.value if point else None,
-                           trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+                           trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root,
+                           regime=regime.value, baselines=_baselines(baselines), control=control,
+                           resampler_lr=resampler_lr, command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()
@@ -96,7 +121,8 @@ def demo(
     """The embedded default: the tiny BLIP-2 built in code on every synthetic task. Offline, CPU, minutes."""
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
-        trust_remote_code=False, data_dir=None, coco_root=None)
+        trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.frozen, baselines="none", control=True,
+        resampler_lr=1e-4)
 
 
 @app.command("check-adapter")

@@ -33,9 +33,11 @@ def digest(*parts: str) -> str:
 class FeatureStore:
     """The on-disk cache of one adapter's visual prompts; counts what it extracts and reuses."""
 
-    def __init__(self, adapter: Adapter, cache_dir: Path, batch_size: int = 32):
-        self.adapter, self.batch_size = adapter, batch_size
-        self.model_key = digest(adapter.fingerprint())[:20]
+    def __init__(self, adapter: Adapter, cache_dir: Path, batch_size: int = 32, point: str | None = None):
+        self.adapter, self.batch_size, self.point = adapter, batch_size, point or adapter.point
+        with adapter.at_point(self.point):
+            fingerprint, shape = adapter.fingerprint(), adapter.prompt_shape
+        self.model_key = digest(fingerprint)[:20]
         self.root = Path(cache_dir) / "features" / self.model_key
         self.extracted = 0  # visual-prompt forward passes, one per image
         self.reused = 0
@@ -43,7 +45,7 @@ class FeatureStore:
         self.failed: dict[str, str] = {}  # content key -> why its image could not be read
         about = self.root / "model.json"
         if not about.exists():
-            text = json.dumps({"fingerprint": adapter.fingerprint(), "shape": list(adapter.prompt_shape)}, indent=2)
+            text = json.dumps({"fingerprint": fingerprint, "shape": list(shape)}, indent=2)
             atomic_write(about, lambda p: p.write_text(text))
 
     def key(self, content_key: str, text: str | None = None) -> str:
@@ -64,8 +66,13 @@ class FeatureStore:
             self.recomputed += 1
             return False
 
-    def ensure(self, items: Iterable[Request], on_batch: Callable[[int], None] | None = None) -> None:
-        """Extract every (content key, text, image loader) not yet cached, batch by batch."""
+    def ensure(self, items: Iterable[Request], on_batch: Callable[[int], None] | None = None,
+               vision: FeatureStore | None = None) -> None:
+        """Extract every (content key, text, image loader) not yet cached, batch by batch.
+
+        With `vision` (a store at the vision_patches point that already holds these images), prompts are
+        resampled from the cached vision features, so the vision encoder runs once per image per run.
+        """
         todo: dict[str, tuple[str | None, ImageLoader]] = {}
         for content_key, text, loader in items:
             key = self.key(content_key, text)
@@ -82,12 +89,20 @@ class FeatureStore:
         conditioned = [k for k, (text, *_) in todo.items() if text is not None]
         batches = [keys[i:i + self.batch_size] for keys in (plain, conditioned) for i in range(0, len(keys), self.batch_size)]
         for batch in batches:
-            batch, images = self._read(batch, todo, on_batch)
+            if vision is not None:
+                batch = [k for k in batch if todo[k][2] not in vision.failed]
+            else:
+                batch, images = self._read(batch, todo, on_batch)
             if not batch:
                 continue
-            pixels = self.adapter.preprocess(images)
             texts = [todo[k][0] for k in batch]
-            prompts = self.adapter.visual_prompt(pixels, None if texts[0] is None else texts).detach().cpu()
+            texts = None if texts[0] is None else texts
+            with self.adapter.at_point(self.point), torch.no_grad():
+                if vision is not None:
+                    features = vision.load([(todo[k][2], None) for k in batch]).to(self.adapter.device)
+                    prompts = self.adapter.resample(features, texts).detach().cpu()
+                else:
+                    prompts = self.adapter.visual_prompt(self.adapter.preprocess(images), texts).detach().cpu()
             self.extracted += len(batch)
             for key, prompt in zip(batch, prompts):
                 atomic_write(self.path(key), lambda p, t=prompt: save_file({"prompt": t.contiguous()}, str(p)))

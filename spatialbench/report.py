@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,27 +37,22 @@ class Reporter:
         self.console.print(text)
 
     @contextmanager
-    def extraction(self, total: int) -> Iterator[Callable[[int], None]]:
+    def extraction(self, total: int, what: str = "extracting visual prompts") -> Iterator[Callable[[int], None]]:
         with self._progress() as progress:
-            bar = progress.add_task("extracting visual prompts", total=total, note="images")
+            bar = progress.add_task(what, total=total, note="images")
             yield lambda n: progress.advance(bar, n)
 
     @contextmanager
-    def training(self, task: str, seeds: list[int], epochs: int) -> Iterator[Callable[[int, int, float], None]]:
+    def training(self, task: str, total_epochs: int) -> Iterator[Callable[[str, int, int, float], None]]:
+        """A bar over every (condition, seed, epoch) of a task; early stopping finishes it early."""
         with self._progress() as progress:
-            bar = progress.add_task(f"probing {task}", total=len(seeds) * epochs, note="")
-            done: dict[int, int] = {}
+            bar = progress.add_task(f"probing {task}", total=total_epochs, note="")
 
-            def update(seed: int, epoch: int, val: float) -> None:
-                done[seed] = epoch
-                progress.update(bar, completed=sum(done.values()), note=f"seed {seed} epoch {epoch} val {val:.3f}")
+            def tick(condition: str, seed: int, epoch: int, val: float) -> None:
+                progress.update(bar, advance=1, note=f"{condition} seed {seed} epoch {epoch} val {val:.3f}")
 
-            def finish_seed(seed: int) -> None:  # early stopping ends a seed before its last epoch
-                done[seed] = epochs
-                progress.update(bar, completed=sum(done.values()))
-
-            update.finish_seed = finish_seed  # type: ignore[attr-defined]
-            yield update
+            yield tick
+            progress.update(bar, completed=total_epochs)
 
     def summary(self, result: RunResult, path: str) -> None:
         table = Table(title=f"{result.model.name}: {result.point} prompt {tuple(result.visual_prompt_shape)}",
@@ -67,14 +63,30 @@ class Reporter:
             table.add_column(col, justify="right", no_wrap=True)
         for task in result.tasks.values():
             if task.status == "failed":
-                table.add_row(task.name, "[red]failed[/red]", (task.error or "").split("\n")[0][:48], "", "", "")
+                table.add_row(task.name, "[red]failed[/red]", escape((task.error or "").split("\n")[0][:48]), "", "", "")
                 continue
-            m = task.metrics[task.headline]
-            table.add_row(task.name, task.headline, f"{m.mean:.3f}±{m.std:.3f}", f"[{m.ci95[0]:.3f},{m.ci95[1]:.3f}]",
-                          f"{task.chance[task.headline]:.3f}", str(task.n["test"]))
+            conditions = task.conditions or {}
+            if len(conditions) <= 1:
+                self._row(table, task.name, task.headline, task.metrics[task.headline], task)
+                continue
+            for name, cond in conditions.items():
+                label = f"{task.name} {name}" if cond.role == "regime" else f"  {name}"
+                self._row(table, label, task.headline, cond.metrics[task.headline], task)
+                if cond.selectivity:
+                    s = cond.selectivity
+                    table.add_row(f"  {name} selectivity", "task-control", f"{s.diff:+.3f}",
+                                  f"[{s.ci95[0]:+.3f},{s.ci95[1]:+.3f}]", "", "")
+            for comparison in task.comparisons.values():
+                table.add_row(f"  {comparison.a}-{comparison.b} gap", f"p={comparison.p_value:.3f}",
+                              f"{comparison.diff:+.3f}", f"[{comparison.ci95[0]:+.3f},{comparison.ci95[1]:+.3f}]", "", "")
         self.console.print(table)
         if result.limit_note:
             self.console.print(f"[yellow]{result.limit_note}[/yellow]")
         ex = result.extraction
         self.console.print(f"visual prompts: {ex.images} images, {ex.extracted} extracted, {ex.reused} from cache")
         self.console.print(f"results: {path}")
+
+    @staticmethod
+    def _row(table: Table, label: str, metric: str, m, task) -> None:
+        table.add_row(label, metric, f"{m.mean:.3f}±{m.std:.3f}", f"[{m.ci95[0]:.3f},{m.ci95[1]:.3f}]",
+                      f"{task.chance[metric]:.3f}", str(task.n["test"]))

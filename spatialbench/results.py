@@ -15,7 +15,7 @@ from .errors import SpatialbenchError, from_validation_error
 from .atomic import atomic_write
 from .specs import ModelCard, ProbeSpec, Strict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added conditions (regimes, baselines, control, MDL) and comparisons; 1 still reads
 LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
 
 
@@ -39,6 +39,36 @@ class GroupScore(Strict):
     mean: float  # headline metric on this group's test items, averaged over seeds
 
 
+class Paired(Strict):
+    """A paired bootstrap over the same test items, resampled by image."""
+
+    a: str
+    b: str
+    metric: str
+    diff: float = Field(description="a - b, seed-averaged")
+    ci95: tuple[float, float]
+    p_value: float
+
+
+class Mdl(Strict):
+    codelength_bits: float
+    uniform_bits: float
+    compression: float
+
+
+class ConditionResult(Strict):
+    """One way of probing a task: a regime (frozen, joint) or a baseline (blind, random_resampler, vision_patches)."""
+
+    role: Literal["regime", "baseline"]
+    metrics: dict[str, MetricSummary]
+    by_group: dict[str, dict[str, GroupScore]] = Field(default_factory=dict)
+    seeds: list[SeedRun] = Field(default_factory=list)
+    control: MetricSummary | None = Field(None, description="headline on the control task (explicit tasks)")
+    selectivity: Paired | None = Field(None, description="task - control on the same items")
+    mdl: Mdl | None = None
+    resampler_start: list[str] = Field(default_factory=list, description="joint: digest of the start weights per seed")
+
+
 class TaskResult(Strict):
     name: str
     kind: str
@@ -57,6 +87,8 @@ class TaskResult(Strict):
     seeds: list[SeedRun] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     predictions_file: str | None = None
+    conditions: dict[str, ConditionResult] = Field(default_factory=dict)
+    comparisons: dict[str, Paired] = Field(default_factory=dict)
 
 
 class ExtractionStats(Strict):
@@ -66,11 +98,12 @@ class ExtractionStats(Strict):
     reused: int = 0
     recomputed: int = 0
     failed: int = Field(0, description="images that could not be read (their tasks are marked failed)")
+    vision_extracted: int = Field(0, description="vision-encoder forwards for the vision-feature cache")
     seconds: float = 0.0
 
 
 class RunResult(Strict):
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     tool_version: str = __version__
     git_hash: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -80,6 +113,8 @@ class RunResult(Strict):
     point: str
     visual_prompt_shape: tuple[int, int]
     seeds: list[int]
+    regimes: list[str] = Field(default_factory=lambda: ["frozen"])
+    baselines: list[str] = Field(default_factory=list)
     limit: int | None = None
     limit_note: str | None = None
     device: str = "cpu"

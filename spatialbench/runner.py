@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from . import scoring
+from . import conditions, scoring
 from .adapters.base import Adapter, get_family
 from .adapters.loading import default_cache_dir
 from .assemble import build_inputs, feature_requests
@@ -20,9 +20,9 @@ from .errors import SpatialbenchError
 from .features import FeatureStore, Request, digest
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, RunResult, SeedRun, TaskResult, git_hash
+from .results import LIMIT_NOTE, ExtractionStats, RunResult, TaskResult, git_hash
 from .specs import ModelCard, RunConfig, TaskSpec
-from .train import fit
+from .joint import ResamplerSnapshot
 
 
 def resolve_card(model: str) -> ModelCard:
@@ -60,28 +60,33 @@ class Runner:
             result.write(self.results_path)
 
     def run(self) -> RunResult:
+        config = self.config
         adapter = get_family(self.card.family).load(
-            self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=self.config.point,
-            trust_remote_code=self.config.trust_remote_code)
-        store = FeatureStore(adapter, self.cache_dir, self.config.batch_size)
+            self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
+            trust_remote_code=config.trust_remote_code)
+        store = FeatureStore(adapter, self.cache_dir, config.batch_size)
+        uses_vision = config.regime != "frozen" or bool({"vision_patches", "random_resampler"} & set(config.baselines))
+        vision = FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches") if uses_vision else None
+        self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
         result = RunResult(
-            git_hash=git_hash(), command=self.config.command, model=self.card, checkpoint=adapter.fingerprint(),
+            git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
             point=adapter.point, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
-            limit=self.config.limit, limit_note=LIMIT_NOTE if self.config.limit else None,
-            device=str(self.accelerator.device),
+            regimes=["frozen", "joint"] if config.regime == "both" else [config.regime], baselines=config.baselines,
+            limit=config.limit, limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
         )
         loaded: dict[str, tuple[TaskData, float]] = {}
         for task in self.tasks:
             start = time.perf_counter()
             try:
-                loaded[task.name] = (load_task_data(task, self.config.limit, self.data), time.perf_counter() - start)
+                loaded[task.name] = (load_task_data(task, config.limit, self.data), time.perf_counter() - start)
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
         self._save(result)
         requests = {name: feature_requests(self._task(name), data, adapter) for name, (data, _) in loaded.items()}
-        result.extraction = self._extract(store, [r for reqs in requests.values() for r in reqs])
+        result.extraction = self._extract(store, vision, [r for reqs in requests.values() for r in reqs])
+        failed = {**store.failed, **(vision.failed if vision else {})}
         for name, reqs in requests.items():  # a task with an unreadable image fails; the others go on
-            broken = sorted({store.failed[k] for k, _, _ in reqs if k in store.failed})
+            broken = sorted({failed[k] for k, _, _ in reqs if k in failed})
             if broken:
                 error = SpatialbenchError(f"{len(broken)} image(s) could not be read:\n" + "\n".join(broken[:5]),
                                           fix="replace or remove those files and run again")
@@ -93,7 +98,7 @@ class Runner:
                 continue
             data, load_seconds = loaded[task.name]
             try:
-                result.tasks[task.name] = self._probe(task, data, store, adapter, load_seconds)
+                result.tasks[task.name] = self._probe(task, data, store, vision, adapter, load_seconds)
             except Exception as e:
                 result.tasks[task.name] = self._failed(task, e)
             self._save(result)  # after every task: a crash loses at most the task in flight
@@ -110,42 +115,65 @@ class Runner:
     def _task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
 
-    def _extract(self, store: FeatureStore, requests: list[Request]) -> ExtractionStats:
+    def _extract(self, store: FeatureStore, vision: FeatureStore | None, requests: list[Request]) -> ExtractionStats:
         unique = {(content_key, text): (content_key, text, loader) for content_key, text, loader in requests}
+        images = {content_key: (content_key, None, loader) for content_key, _, loader in unique.values()}
         start = time.perf_counter()
+        if vision is not None:  # vision features first: prompts are then resampled from them
+            with self.reporter.extraction(len(images), "extracting vision features") as advance:
+                vision.ensure(images.values(), on_batch=advance)
         with self.reporter.extraction(len(unique)) as advance:
-            store.ensure(unique.values(), on_batch=advance)
-        return ExtractionStats(images=len({k for k, _ in unique}), prompts=len(unique), extracted=store.extracted, reused=store.reused,
-                               recomputed=store.recomputed, failed=len(store.failed),
+            store.ensure(unique.values(), on_batch=advance, vision=vision)
+        return ExtractionStats(images=len(images), prompts=len(unique), extracted=store.extracted, reused=store.reused,
+                               recomputed=store.recomputed + (vision.recomputed if vision else 0),
+                               failed=len(store.failed) + (len(vision.failed) if vision else 0),
+                               vision_extracted=vision.extracted if vision else 0,
                                seconds=time.perf_counter() - start)
 
-    def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, adapter: Adapter,
-               load_seconds: float) -> TaskResult:
+    def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, vision: FeatureStore | None,
+               adapter: Adapter, load_seconds: float) -> TaskResult:
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
-        fits = []
-        with self.reporter.training(task.name, self.seeds, task.probe.epochs) as update:
-            for seed in self.seeds:
-                fits.append(fit(inputs, task.probe, seed, task.headline, self.accelerator,
-                                on_epoch=lambda epoch, val, s=seed: update(s, epoch, val)))
-                update.finish_seed(seed)
+        vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
+        plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot)
+        with_control = self.config.control and not task.implicit
+        epochs = sum(len(self.seeds) * task.probe.epochs * (2 if with_control and c.role == "regime" else 1)
+                     for c in plan)
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
+        results, fits_of = {}, {}
+        with self.reporter.training(task.name, epochs) as tick:
+            for cond in plan:
+                fits, starts = conditions.run_condition(cond, task, self.seeds, self.accelerator, self.config,
+                                                        self.snapshot, tick)
+                control_fits = control_sets = None
+                if with_control and cond.role == "regime":
+                    control_sets = [conditions.control_inputs(cond.inputs, inputs.shape.n_out, s) for s in self.seeds]
+                    control_fits = [conditions.run_condition(
+                        conditions.Condition(f"{cond.name} control", cond.role, c, cond.encoder), task, [seed],
+                        self.accelerator, self.config, self.snapshot, tick)[0][0]
+                        for seed, c in zip(self.seeds, control_sets)]
+                results[cond.name] = conditions.summarise(cond, fits, starts, task, examples, clusters,
+                                                          control_fits, control_sets)
+                fits_of[cond.name] = fits
+        primary = next(c.name for c in plan if c.role == "regime")
+        comparisons = {}
+        if "frozen" in fits_of and "joint" in fits_of:
+            comparisons["joint_vs_frozen"] = conditions.paired(
+                "joint", "frozen", task.headline, conditions.item_scores(task.headline, fits_of["joint"], inputs),
+                conditions.item_scores(task.headline, fits_of["frozen"], inputs), clusters)
         predictions = self.out_dir / f"samples_{task.name}.jsonl"
         if self.accelerator.is_main_process:
-            scoring.write_predictions(predictions, examples, fits, task.headline, test, inputs.box)
+            scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box)
+        main = results[primary]
         return TaskResult(
             name=task.name, kind=task.kind, version=task.version, status="ok", target=task.target,
             headline=task.headline,
             dataset_fingerprint=digest(data.fingerprint, str(self.config.limit))[:16],
             n={k: len(v) for k, v in data.splits.items()},
             n_images={k: len({ex.image_id for ex in v}) for k, v in data.splits.items()},
-            metrics=scoring.summarise(task.metrics, fits, test, clusters, inputs.box),
-            chance=scoring.chance(task.metrics, inputs.splits["train"], test, inputs.box),
-            by_group=scoring.by_group(task.headline, fits, test, examples, inputs.box),
-            probe=task.probe,
-            seeds=[SeedRun(seed=f.seed, best_epoch=f.best_epoch, epochs_run=f.epochs_run, validation=f.val_score,
-                           seconds=f.seconds) for f in fits],
+            metrics=main.metrics, chance=scoring.chance(task.metrics, inputs.splits["train"], test, inputs.box),
+            by_group=main.by_group, probe=task.probe, seeds=main.seeds,
             timings={"load": load_seconds, "train": time.perf_counter() - start},
-            predictions_file=predictions.name,
+            predictions_file=predictions.name, conditions=results, comparisons=comparisons,
         )

@@ -88,7 +88,8 @@ class VsrDataset(Strict):
     source: Literal["vsr"] = "vsr"
     variant: Literal["random", "zeroshot"] = "random"
     annotations: str | None = Field(
-        None, description="directory with train/dev/test.jsonl; unset: the Hub dataset cambridgeltl/vsr_<variant>"
+        None, description="directory with train/dev/test.jsonl; unset, or {data_dir}/... with no data dir given: "
+        "the Hub dataset cambridgeltl/vsr_<variant>"
     )
     hub_id: str | None = Field(None, description="Hub dataset id; default cambridgeltl/vsr_<variant>")
     images: str = Field("{coco_root}", description="COCO 2017 root holding train2017/ and val2017/")
@@ -197,6 +198,11 @@ class RunConfig(Strict):
         None, description="override the card's extraction point (vision_patches: the pre-compression baseline)"
     )
     trust_remote_code: bool = False
+    regime: Literal["frozen", "joint", "both"] = "frozen"
+    baselines: list[Literal["blind", "random_resampler", "vision_patches"]] = Field(default_factory=list)
+    control: bool = Field(True, description="control tasks (Hewitt & Liang) for explicit probes")
+    resampler_lr: float = Field(1e-4, gt=0.0, description="joint regime: the resampler's learning rate")
+    mdl: bool = Field(False, description="online-code MDL of each task and regime")
     data_dir: Path | None = Field(None, description="annotations root [default: $SPATIALBENCH_DATA]")
     coco_root: Path | None = Field(None, description="COCO images root [default: $COCO_ROOT]")
     command: str = ""

@@ -26,6 +26,7 @@ class Split:
     query: torch.Tensor  # [N, S] category ids, or [N] rows of ProbeInputs.text
     target: torch.Tensor  # [N] long, or [N, 4] normalised boxes
     sizes: np.ndarray  # [N, 2] original (width, height): IoU is scored in pixels
+    texts: list[str] | None = None  # query texts, for an encoder whose resampler reads them
 
     def __len__(self) -> int:
         return len(self.target)
@@ -39,6 +40,25 @@ class ProbeInputs:
     box: bool
     text: torch.Tensor | None = None  # [n_texts, L, Dt]
     text_mask: torch.Tensor | None = None
+    row_keys: list = field(default_factory=list)  # (image content key, text) of each feature row
+
+    def with_features(self, features: torch.Tensor) -> ProbeInputs:
+        """The same items over other visual features (a baseline, or vision features for the joint regime)."""
+        q, d = features.shape[1:]
+        shape = ProbeShape(q, d, self.shape.n_out, self.shape.n_categories, self.shape.n_slots, self.shape.text_dim)
+        return ProbeInputs(features, self.splits, shape, self.box, self.text, self.text_mask, self.row_keys)
+
+    def with_targets(self, targets: dict[str, torch.Tensor]) -> ProbeInputs:
+        """The same items with other targets (a control task)."""
+        splits = {name: Split(s.image, s.query, targets[name], s.sizes, s.texts) for name, s in self.splits.items()}
+        return ProbeInputs(self.features, splits, self.shape, self.box, self.text, self.text_mask, self.row_keys)
+
+
+class Encoder(torch.nn.Module):
+    """Maps stored visual rows to what the probe reads; trained with the probe in the joint regime."""
+
+    def forward(self, rows: torch.Tensor, texts: list[str] | None) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @dataclass
@@ -68,8 +88,8 @@ def score(name: str, pred: np.ndarray, split: Split, box: bool) -> float:
 
 
 class _Batcher:
-    def __init__(self, inputs: ProbeInputs, device: torch.device):
-        self.inputs, self.device = inputs, device
+    def __init__(self, inputs: ProbeInputs, device: torch.device, encoder: Encoder | None = None):
+        self.inputs, self.device, self.encoder = inputs, device, encoder
 
     def __call__(self, split: Split, rows: torch.Tensor):
         rows = rows.cpu()
@@ -79,6 +99,8 @@ class _Batcher:
         if self.inputs.text is not None:
             mask = self.inputs.text_mask[query].to(self.device)
             query = self.inputs.text[query]
+        if self.encoder is not None:
+            visual = self.encoder(visual, [split.texts[i] for i in rows.tolist()] if split.texts else None)
         return visual, query.to(self.device), mask, split.target[rows].to(self.device)
 
 
@@ -87,6 +109,8 @@ def _predict(model, inputs: ProbeInputs, split: Split, accelerator: Accelerator,
     """Predictions for a split, and the mean loss over it."""
     loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(len(split))), batch_size=256))
     model.eval()
+    if batch.encoder is not None:
+        batch.encoder.eval()
     outs, losses = [], []
     with torch.no_grad():
         for (rows,) in loader:
@@ -105,24 +129,31 @@ def fit(
     headline: str,
     accelerator: Accelerator,
     on_epoch: Callable[[int, float], None] | None = None,
+    encoder: Encoder | None = None,
+    encoder_lr: float | None = None,
 ) -> FitResult:
-    """Train one probe; keep the weights of the best validation epoch; predict the test split."""
+    """Train one probe (and the encoder, if given); keep the best validation epoch; predict the test split."""
     start = time.perf_counter()
     set_seed(seed)
     model = build_probe(inputs.shape, spec)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    groups = [{"params": list(model.parameters()), "lr": spec.lr}]
+    if encoder is not None:
+        groups.append({"params": list(encoder.parameters()), "lr": encoder_lr or spec.lr})
+    optimiser = torch.optim.AdamW(groups, weight_decay=spec.weight_decay)
     train = inputs.splits["train"]
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(torch.arange(len(train))), batch_size=spec.batch_size, shuffle=True,
                         generator=generator)
     model, optimiser, loader = accelerator.prepare(model, optimiser, loader)
-    batch = _Batcher(inputs, accelerator.device)
+    batch = _Batcher(inputs, accelerator.device, encoder)
     loss_fn = (lambda raw, t: box_loss(to_box(raw), t)) if inputs.box else torch.nn.functional.cross_entropy
 
     # Select on the validation metric; its loss breaks ties (a metric flat at 0 must not pin epoch 1).
     best, best_epoch, best_state, history = (-np.inf, -np.inf), 0, None, []
     for epoch in range(1, spec.epochs + 1):
         model.train()
+        if encoder is not None:
+            encoder.train()
         for (rows,) in loader:
             visual, query, mask, target = batch(train, rows)
             loss = loss_fn(model(visual, query, mask), target)
@@ -139,9 +170,12 @@ def fit(
         if (val, -val_loss) > best:
             best, best_epoch = (val, -val_loss), epoch
             best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+            best_encoder = copy.deepcopy(encoder.state_dict()) if encoder is not None else None
         elif epoch - best_epoch >= spec.patience:
             break
     accelerator.unwrap_model(model).load_state_dict(best_state)
+    if encoder is not None:
+        encoder.load_state_dict(best_encoder)
     test_pred, _ = _predict(model, inputs, inputs.splits["test"], accelerator, batch, loss_fn)
     accelerator.free_memory()
     return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 from importlib import import_module
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
@@ -41,6 +42,7 @@ class Adapter(ABC):
                                     field="point", fix=f"choose one of {list(self.points)}")
         self.loaded_keys: set[str] = set()  # checkpoint tensors actually read
         self.dtype = torch.float32
+        self.device = torch.device("cpu")
 
     @classmethod
     @abstractmethod
@@ -99,6 +101,15 @@ class Adapter(ABC):
             for p in module.parameters():
                 seen.setdefault(id(p), p)
         return list(seen.values())
+
+    @contextmanager
+    def at_point(self, point: str):
+        """Temporarily extract at another point (the vision-feature cache, the vision_patches baseline)."""
+        saved, self.point = self.point, point
+        try:
+            yield self
+        finally:
+            self.point = saved
 
     @torch.no_grad()
     def visual_prompt(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:

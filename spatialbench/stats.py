@@ -1,0 +1,233 @@
+"""Paired comparisons, control-task selectivity and MDL online codelength.
+
+Paired tests reuse the scoring of spatialbench.metrics and its resampling scheme
+(clusters = images, drawn with replacement, the same draws for every seed); here
+the same draws are also shared by the two systems being compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from spatialbench.metrics import METRICS, PER_ITEM, Metric, _paired, per_item
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    diff: float                   # mean metric(A) - mean metric(B)
+    ci95: tuple[float, float]     # percentile CI of the difference
+    p_value: float                # two-sided, shift method (see paired_bootstrap)
+    a: float                      # seed-averaged metric of A
+    b: float                      # seed-averaged metric of B
+
+
+@dataclass(frozen=True)
+class SelectivityResult:
+    task: float
+    control: float
+    selectivity: float            # task - control
+    ci95: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class MdlResult:
+    codelength_bits: float
+    uniform_bits: float
+    compression: float            # uniform_bits / codelength_bits
+
+
+# --- paired cluster bootstrap ---------------------------------------------------
+
+
+def _cluster_draws(clusters, n_boot: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
+    # Must match metrics.cluster_bootstrap_ci draw for draw, so that with the same
+    # seed each system's replicates are exactly the ones behind its own CI there.
+    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    return inv, len(ids), rng.integers(0, len(ids), size=(n_boot, len(ids)))
+
+
+def _result(a: float, b: float, reps: np.ndarray) -> PairedResult:
+    diff = a - b
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    # Shift method: centring the replicates on 0 approximates the null distribution
+    # of the difference; the +1 counts the observed value as one of the draws, so p
+    # is never 0. The tiny tolerance keeps float noise from splitting exact ties.
+    extreme = np.abs(reps - diff) >= abs(diff) - 1e-12
+    p = (np.count_nonzero(extreme) + 1) / (len(reps) + 1)
+    return PairedResult(float(diff), (float(lo), float(hi)), float(p), float(a), float(b))
+
+
+def paired_from_scores(scores_a, scores_b, clusters, n_boot: int = 2000, seed: int = 0) -> PairedResult:
+    """Paired cluster bootstrap of mean(scores_a) - mean(scores_b).
+
+    scores_a[i] and scores_b[i] are the two systems' scores on the same item i
+    (e.g. seed-averaged per-item scores read from two results files, aligned by
+    the caller). Each replicate resamples clusters with replacement and applies
+    the same draw to both systems, so item-level difficulty shared by A and B
+    cancels out of the difference. CI and p-value as in paired_bootstrap.
+    """
+    a, b, clusters = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float), np.asarray(clusters)
+    if a.shape != b.shape or a.ndim != 1 or len(clusters) != len(a) or len(a) == 0:
+        raise ValueError(f"need equal-length, non-empty 1-D scores and clusters, "
+                         f"got {a.shape}, {b.shape}, {clusters.shape}")
+    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
+    # A replicate's mean over its items is (sum over drawn clusters' totals) /
+    # (sum of their sizes); the sizes are shared, so the difference of the two
+    # means is the mean of per-item differences over the same items.
+    size = np.bincount(inv, minlength=n_clusters).astype(float)
+    d_sum = np.bincount(inv, weights=a - b, minlength=n_clusters)
+    reps = d_sum[draws].sum(axis=1) / size[draws].sum(axis=1)
+    return _result(a.mean(), b.mean(), reps)
+
+
+def _compare(metric, side_a, side_b, clusters, n_boot, seed) -> PairedResult:
+    """side_a/side_b: one (pred, target) pair per seed; targets may differ by side."""
+    if not side_a or not side_b:
+        raise ValueError("need predictions from at least one seed for each system")
+    clusters = np.asarray(clusters)
+    side_a = [_paired(p, t) for p, t in side_a]
+    side_b = [_paired(p, t) for p, t in side_b]
+    if any(len(t) != len(clusters) for _, t in side_a + side_b):
+        raise ValueError("every prediction array must cover the same items as clusters")
+
+    if isinstance(metric, str) and metric in PER_ITEM:
+        # Seed-averaged per-item scores keep the mean exact and let the fast path run.
+        sa = np.mean([per_item(metric, p, t) for p, t in side_a], axis=0)
+        sb = np.mean([per_item(metric, p, t) for p, t in side_b], axis=0)
+        return paired_from_scores(sa, sb, clusters, n_boot, seed)
+
+    # Non-decomposable metrics (macro F1, callables) must be rescored per replicate.
+    fn: Metric = METRICS[metric] if isinstance(metric, str) else metric
+
+    def score(side, items=slice(None)):
+        return float(np.mean([fn(p[items], t[items]) for p, t in side]))
+
+    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
+    members = [np.flatnonzero(inv == c) for c in range(n_clusters)]
+    reps = np.empty(n_boot)
+    for r in range(n_boot):
+        items = np.concatenate([members[c] for c in draws[r]])
+        reps[r] = score(side_a, items) - score(side_b, items)
+    return _result(score(side_a), score(side_b), reps)
+
+
+def paired_bootstrap(
+    metric: str | Metric, preds_a: list[np.ndarray], preds_b: list[np.ndarray],
+    target, clusters, n_boot: int = 2000, seed: int = 0,
+) -> PairedResult:
+    """Compare systems A and B scored on the same test items.
+
+    preds_a / preds_b hold one prediction array per seed; each system's score is
+    its seed-averaged metric, and diff = score(A) - score(B). Each bootstrap
+    replicate draws clusters (images) with replacement and rescores both systems
+    on the same drawn items (the pairing); ci95 is the 2.5/97.5 percentile of the
+    replicate differences d*.
+
+    p_value (two-sided) uses the shift method: under H0 the difference is
+    distributed like d* - diff, so p = (#{|d* - diff| >= |diff|} + 1) / (n_boot + 1).
+    Identical systems give p = 1; the smallest possible p is 1 / (n_boot + 1).
+    """
+    target = np.asarray(target)
+    return _compare(metric, [(p, target) for p in preds_a], [(p, target) for p in preds_b],
+                    clusters, n_boot, seed)
+
+
+def selectivity(
+    task_preds: list[np.ndarray], control_preds: list[np.ndarray],
+    task_target, control_target, clusters, metric: str | Metric,
+    n_boot: int = 1000, seed: int = 0,
+) -> SelectivityResult:
+    """Hewitt & Liang (2019) selectivity: task score - control-task score.
+
+    Both probes are scored on the same test items (control_target relabels them
+    with control_targets / control_boxes; use one control map for all probe seeds,
+    as Hewitt & Liang fix one control task), so the CI is the paired cluster
+    bootstrap of the difference.
+    """
+    res = _compare(metric, [(p, np.asarray(task_target)) for p in task_preds],
+                   [(p, np.asarray(control_target)) for p in control_preds], clusters, n_boot, seed)
+    return SelectivityResult(res.a, res.b, res.diff, res.ci95)
+
+
+# --- control tasks --------------------------------------------------------------
+
+
+def _category_ids(categories_of_items) -> tuple[np.ndarray, np.ndarray]:
+    cats = np.asarray(categories_of_items)
+    if cats.ndim != 1 or not np.issubdtype(cats.dtype, np.integer) or (cats < 0).any():
+        raise ValueError("categories must be a 1-D array of non-negative integer ids")
+    return np.unique(cats, return_inverse=True)
+
+
+def control_targets(categories_of_items, n_classes: int, seed: int) -> np.ndarray:
+    """Control class per item: each category id gets one uniform random class.
+
+    The class is drawn from default_rng([seed, category]), so it depends only on
+    (category, seed): train and test splits, in any order, agree.
+    """
+    if n_classes < 2:
+        raise ValueError("a control task needs at least two classes")
+    ids, inv = _category_ids(categories_of_items)
+    mapped = np.array([np.random.default_rng([seed, int(c)]).integers(n_classes) for c in ids], dtype=int)
+    return mapped[inv]
+
+
+def control_boxes(categories_of_items, seed: int, min_size: float = 0.1) -> np.ndarray:
+    """Control box per item: each category id gets one random normalised box.
+
+    Width and height are uniform in [min_size, 1] (so no box is degenerate), and
+    the box is placed uniformly inside the unit square; drawn from
+    default_rng([seed, category]) as in control_targets. Returns [N, 4] (x0, y0, x1, y1).
+    """
+    if not 0 < min_size <= 1:
+        raise ValueError("min_size must lie in (0, 1]")
+    ids, inv = _category_ids(categories_of_items)
+    boxes = np.empty((len(ids), 4))
+    for k, c in enumerate(ids):
+        rng = np.random.default_rng([seed, int(c)])
+        w, h = rng.uniform(min_size, 1.0, size=2)
+        x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+        boxes[k] = (x0, y0, x0 + w, y0 + h)
+    return boxes[inv]
+
+
+# --- MDL online code ------------------------------------------------------------
+
+# Cumulative block ends in units of 0.01 % of the data (Voita & Titov 2020), kept
+# as integers so that n * fraction is exact.
+_BLOCK_ENDS = (10, 20, 40, 80, 160, 320, 625, 1250, 2500, 5000, 10000)
+
+
+def default_blocks(n: int) -> list[int]:
+    """Cumulative block end indices for n items: 0.1 %, 0.2 %, ..., 50 %, 100 %.
+
+    Ends are floored, raised to at least 1 and deduplicated; the last is n. Use
+    first_block_size = ends[0] and block_sizes = np.diff(ends) for online_codelength.
+    """
+    if n < 1:
+        raise ValueError("need at least one item")
+    return sorted({max(1, n * e // 10000) for e in _BLOCK_ENDS})
+
+
+def online_codelength(
+    block_sizes: list[int], block_nll_bits: list[float], first_block_size: int, n_classes: int,
+) -> MdlResult:
+    """Online (prequential) codelength, Voita & Titov (2020).
+
+    The first block is sent with the uniform code, first_block_size * log2 K bits.
+    block_sizes / block_nll_bits describe the later blocks in order: each is sent
+    with the bits (sum of -log2 p of its true labels) assigned by a probe trained
+    on all earlier blocks; the caller trains and supplies those sums.
+    """
+    if len(block_sizes) != len(block_nll_bits) or n_classes < 2:
+        raise ValueError("need one bit count per later block, and at least two classes")
+    if first_block_size < 1 or any(s < 1 for s in block_sizes) or any(not b >= 0 for b in block_nll_bits):
+        raise ValueError("block sizes must be positive and block bits non-negative")
+    bits_per_item = math.log2(n_classes)
+    codelength = first_block_size * bits_per_item + float(sum(block_nll_bits))
+    uniform = (first_block_size + sum(block_sizes)) * bits_per_item
+    return MdlResult(codelength, uniform, uniform / codelength)
