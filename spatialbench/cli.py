@@ -86,7 +86,8 @@ def run(
         help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")] = Regime.frozen,
     baselines: Annotated[str, typer.Option(
         help="comma-separated: blind, random_resampler, vision_patches; 'all' or 'none'")] = "none",
-    control: Annotated[bool, typer.Option(help="control tasks and selectivity for explicit probes")] = True,
+    control: Annotated[bool, typer.Option(
+        help="control tasks and selectivity for explicit probes (experimental, see docs/methodology.md)")] = False,
     resampler_lr: Annotated[float, typer.Option(help="joint regime: the resampler's learning rate", min=0)] = 1e-4,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
@@ -121,7 +122,7 @@ def demo(
     """The embedded default: the tiny BLIP-2 built in code on every synthetic task. Offline, CPU, minutes."""
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
-        trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.frozen, baselines="none", control=True,
+        trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.frozen, baselines="none", control=False,
         resampler_lr=1e-4)
 
 

@@ -200,7 +200,9 @@ class RunConfig(Strict):
     trust_remote_code: bool = False
     regime: Literal["frozen", "joint", "both"] = "frozen"
     baselines: list[Literal["blind", "random_resampler", "vision_patches"]] = Field(default_factory=list)
-    control: bool = Field(True, description="control tasks (Hewitt & Liang) for explicit probes")
+    control: bool = Field(
+        False, description="control tasks for explicit probes (experimental: see docs/methodology.md)"
+    )
     resampler_lr: float = Field(1e-4, gt=0.0, description="joint regime: the resampler's learning rate")
     mdl: bool = Field(False, description="online-code MDL of each task and regime")
     data_dir: Path | None = Field(None, description="annotations root [default: $SPATIALBENCH_DATA]")

@@ -20,7 +20,7 @@ def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Run
 
 
 def test_both_regimes_baselines_control_and_the_gap_are_reported(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path)
+    runner, result = _run(small_tasks, tmp_path, control=True)
     assert result.regimes == ["frozen", "joint"] and result.baselines == ALL_BASELINES
     for name, task in result.tasks.items():
         assert task.status == "ok", task.error
@@ -40,7 +40,7 @@ def test_both_regimes_baselines_control_and_the_gap_are_reported(small_tasks, tm
 
 
 def test_every_joint_fit_starts_from_the_checkpoints_resampler(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path, control=False)
+    runner, result = _run(small_tasks, tmp_path)
     starts = [d for t in result.tasks.values() for d in t.conditions["joint"].resampler_start]
     assert len(starts) == 2 * 2 and len(set(starts)) == 1  # two tasks x two seeds, one starting point
     runner.snapshot.restore()
@@ -88,13 +88,13 @@ def test_the_vision_encoder_runs_once_per_image_per_run(small_tasks, tmp_path, m
         return original(self, pixel_values)
 
     monkeypatch.setattr(Blip2Adapter, "vision_features", counting)
-    _, result = _run(small_tasks, tmp_path, tasks="small", control=False)
+    _, result = _run(small_tasks, tmp_path, tasks="small")
     assert sum(seen) == result.extraction.images == result.extraction.vision_extracted
     assert result.extraction.extracted == result.extraction.prompts  # prompts came from cached vision features
 
 
 def test_version_1_results_still_read(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path, tasks="small_vsr", control=False)
+    runner, result = _run(small_tasks, tmp_path, tasks="small_vsr")
     v1 = result.model_dump(mode="json")
     v1["schema_version"] = 1
     for key in ("regimes", "baselines"):
