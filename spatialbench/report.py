@@ -57,10 +57,11 @@ class Reporter:
     def summary(self, result: RunResult, path: str) -> None:
         table = Table(title=f"{result.model.name}: {result.point} prompt {tuple(result.visual_prompt_shape)}",
                       box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("task", no_wrap=True)
-        table.add_column("metric", no_wrap=True)
-        for col in ("mean±std", "95% CI", "chance", "n test"):
-            table.add_column(col, justify="right", no_wrap=True)
+        # Numbers never shrink; names fold onto a second line when the terminal is narrow.
+        table.add_column("task", overflow="fold")
+        table.add_column("metric", overflow="fold")
+        for col, width in (("mean±std", 11), ("95% CI", 13), ("chance", 6), ("n test", 6)):
+            table.add_column(col, justify="right", no_wrap=True, min_width=width)
         for task in result.tasks.values():
             if task.status == "failed":
                 table.add_row(task.name, "[red]failed[/red]", escape((task.error or "").split("\n")[0][:48]), "", "", "")
