@@ -125,6 +125,23 @@ class Adapter(ABC):
         raise NotImplementedError
 
 
+class CheckpointAdapter(Adapter):
+    """The common part of the dedicated adapters: a `checkpoint`, its `config`, the LLM's `embeddings`
+    table, and a module-level `shape_at(config, point)` named as `config_shape`."""
+
+    config_shape: ClassVar[Callable[[object, str], tuple[int, int]]]
+
+    def fingerprint(self) -> str:
+        return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        return type(self).config_shape(self.config, point)
+
+    @property
+    def text_dim(self) -> int:
+        return self.embeddings.embedding_dim
+
+
 _FAMILIES: dict[str, type[Adapter]] = {}
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from PIL import Image
 
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -41,8 +41,19 @@ class Blip2Parts(nn.Module):
         return self.language_projection(out) if project else out
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a Blip2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
+    return (config.num_query_tokens, width)
+
+
 @register_family("blip2")
-class Blip2Adapter(Adapter):
+class Blip2Adapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Blip2Parts, embeddings: nn.Embedding,
                  tokenizer, processor, point: str | None, device: str):
         super().__init__(card, point)
@@ -100,16 +111,6 @@ class Blip2Adapter(Adapter):
             params += list(self.parts.language_projection.parameters())
         return params
 
-    def fingerprint(self) -> str:
-        return f"blip2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import Blip2ForConditionalGeneration
 
@@ -129,15 +130,6 @@ class Blip2Adapter(Adapter):
         if resampler.dtype != captured["vision"].dtype:  # what the projection reads
             resampler = resampler.to(captured["vision"].dtype)
         return {"projected": captured["lm"][:, :q], "resampler": resampler, "vision_patches": captured["vision"]}
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from a Blip2Config alone (no weights needed)."""
-    if point == "vision_patches":
-        v = config.vision_config
-        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
-    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
-    return (config.num_query_tokens, width)
 
 
 @tiny_builder("blip2-tiny")

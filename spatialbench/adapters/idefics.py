@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -70,8 +70,18 @@ def _embedding_table(config) -> nn.Module:
                                      padding_idx=config.pad_token_id)
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from an IdeficsConfig alone: (latents, vision width) or (patches + CLS, vision width)."""
+    v = config.vision_config
+    if point == "vision_patches":
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.embed_dim)
+    return (config.perceiver_config.resampler_n_latents, v.embed_dim)  # resampler and projected alike
+
+
 @register_family("idefics")
-class IdeficsAdapter(Adapter):
+class IdeficsAdapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: nn.Module, embeddings: nn.Module,
                  tokenizer, processor, point: str | None, device: str):
         super().__init__(card, point)
@@ -127,16 +137,6 @@ class IdeficsAdapter(Adapter):
     def resampler_parameters(self) -> list[nn.Parameter]:
         return list(self.parts.perceiver_resampler.parameters())  # no projection outside the LLM exists
 
-    def fingerprint(self) -> str:
-        return f"idefics|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import IdeficsForVisionText2Text
 
@@ -184,14 +184,6 @@ def capture_prompts(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
         for h in handles:
             h.remove()
     return captured
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from an IdeficsConfig alone: (latents, vision width) or (patches + CLS, vision width)."""
-    v = config.vision_config
-    if point == "vision_patches":
-        return ((v.image_size // v.patch_size) ** 2 + 1, v.embed_dim)
-    return (config.perceiver_config.resampler_n_latents, v.embed_dim)  # resampler and projected alike
 
 
 @tiny_builder("idefics-tiny")

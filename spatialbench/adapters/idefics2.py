@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .blip2 import DTYPES
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
@@ -83,8 +83,18 @@ def on_fixed_grid(hidden: torch.Tensor, patch_mask: torch.Tensor, side: int) -> 
     return grid.view(b, side * side, -1)
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from an Idefics2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2, v.hidden_size)
+    return (config.perceiver_config.resampler_n_latents, config.text_config.hidden_size)
+
+
 @register_family("idefics2")
-class Idefics2Adapter(Adapter):
+class Idefics2Adapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Idefics2Parts, embeddings: nn.Embedding,
                  tokenizer, processor, point: str | None, device: str):
         super().__init__(card, point)
@@ -144,16 +154,6 @@ class Idefics2Adapter(Adapter):
         # The modality projection comes before the perceiver, so it lies between features and prompt at both points.
         return list(self.parts.connector.parameters())
 
-    def fingerprint(self) -> str:
-        return f"idefics2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import Idefics2ForConditionalGeneration
 
@@ -185,14 +185,6 @@ def input_embedding_key(text_config, prefix: str = "model.text_model.") -> str:
         lm = AutoModel.from_config(text_config)
     table = lm.get_input_embeddings()
     return prefix + next(n for n, m in lm.named_modules() if m is table) + ".weight"
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from an Idefics2Config alone (no weights needed)."""
-    if point == "vision_patches":
-        v = config.vision_config
-        return ((v.image_size // v.patch_size) ** 2, v.hidden_size)
-    return (config.perceiver_config.resampler_n_latents, config.text_config.hidden_size)
 
 
 def tiny_config(tokenizer, **text_overrides):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
@@ -73,8 +73,19 @@ def _target_dtypes(skeleton, dtype: torch.dtype):
     return lambda key: torch.float32 if pattern is not None and pattern.search(key) else dtype
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from an InstructBlipConfig alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
+    return (config.num_query_tokens, width)
+
+
 @register_family("instructblip")
-class InstructBlipAdapter(Adapter):
+class InstructBlipAdapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     reads_text = True
 
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: InstructBlipParts, embeddings: nn.Embedding,
@@ -160,16 +171,6 @@ class InstructBlipAdapter(Adapter):
             params += list(self.parts.language_projection.parameters())
         return params
 
-    def fingerprint(self) -> str:
-        return f"instructblip|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import InstructBlipForConditionalGeneration
 
@@ -191,15 +192,6 @@ class InstructBlipAdapter(Adapter):
             model(pixel_values=pixel_values, input_ids=ids, **self.instruction(text, b), **extra)
         return {"projected": captured["lm"][:, :q], "resampler": captured["qformer"][:, :q],
                 "vision_patches": captured["vision"]}
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from an InstructBlipConfig alone (no weights needed)."""
-    if point == "vision_patches":
-        v = config.vision_config
-        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
-    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
-    return (config.num_query_tokens, width)
 
 
 def _build_tiny(out: Path, seq2seq: bool) -> None:

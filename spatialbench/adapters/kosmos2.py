@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -61,8 +61,18 @@ class Kosmos2Parts(nn.Module):
         return self.image_to_text_projection(features)[0]
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a Kosmos2Config alone (no weights needed)."""
+    if point == "vision_patches":
+        v = config.vision_config
+        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+    return (config.latent_query_num, config.text_config.embed_dim)  # resampler == projected
+
+
 @register_family("kosmos2")
-class Kosmos2Adapter(Adapter):
+class Kosmos2Adapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     """Kosmos-2 (see the module docstring: "resampler" and "projected" are one tensor here)."""
 
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Kosmos2Parts, embeddings: nn.Embedding,
@@ -126,16 +136,6 @@ class Kosmos2Adapter(Adapter):
             return []
         return list(self.parts.image_to_text_projection.parameters())  # dense, latent_query, x_attn
 
-    def fingerprint(self) -> str:
-        return f"kosmos2|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import Kosmos2ForConditionalGeneration
 
@@ -153,14 +153,6 @@ class Kosmos2Adapter(Adapter):
         with torch.no_grad():
             model(pixel_values=pixel_values, input_ids=ids, image_embeds_position_mask=mask)
         return {"projected": captured["lm"], "resampler": captured["lm"], "vision_patches": captured["vision"]}
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from a Kosmos2Config alone (no weights needed)."""
-    if point == "vision_patches":
-        v = config.vision_config
-        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
-    return (config.latent_query_num, config.text_config.embed_dim)  # resampler == projected
 
 
 @tiny_builder("kosmos2-tiny")

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import Adapter, register_family
+from .base import CheckpointAdapter, register_family
 from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -77,8 +77,23 @@ def checkpoint_name(key: str, known: set[str]) -> str | None:
     return next((c for c in _candidates(key) if c in known), None)
 
 
+def shape_at(config, point: str) -> tuple[int, int]:
+    """Visual-prompt shape from a LlavaConfig alone (no weights needed)."""
+    if point not in POINTS:
+        raise SpatialbenchError(f"family 'llava' has no extraction point '{point}' (LLaVA has no resampler)",
+                                field="point", fix=f"choose one of {list(POINTS)}")
+    v = config.vision_config
+    tokens = (v.image_size // v.patch_size) ** 2 + (0 if config.vision_feature_select_strategy == "default" else 1)
+    if point == "projected":
+        return (tokens, config.text_config.hidden_size)
+    layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+    return (tokens, v.hidden_size * layers)
+
+
 @register_family("llava")
-class LlavaAdapter(Adapter):
+class LlavaAdapter(CheckpointAdapter):
+    config_shape = staticmethod(shape_at)
+
     points = POINTS
 
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: LlavaParts, embeddings: nn.Embedding,
@@ -137,16 +152,6 @@ class LlavaAdapter(Adapter):
         """The projector (LLaVA's only trainable connector) at `projected`; nothing at `vision_patches`."""
         return list(self.parts.multi_modal_projector.parameters()) if self.point == "projected" else []
 
-    def fingerprint(self) -> str:
-        return f"llava|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
-
-    def shape_at(self, point: str) -> tuple[int, int]:
-        return shape_at(self.config, point)
-
-    @property
-    def text_dim(self) -> int:
-        return self.embeddings.embedding_dim
-
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import LlavaForConditionalGeneration
 
@@ -162,19 +167,6 @@ class LlavaAdapter(Adapter):
         with torch.no_grad():
             model(pixel_values=pixel_values, input_ids=ids)
         return {"projected": captured["lm"][:, :q], "vision_patches": captured["patches"]}
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from a LlavaConfig alone (no weights needed)."""
-    if point not in POINTS:
-        raise SpatialbenchError(f"family 'llava' has no extraction point '{point}' (LLaVA has no resampler)",
-                                field="point", fix=f"choose one of {list(POINTS)}")
-    v = config.vision_config
-    tokens = (v.image_size // v.patch_size) ** 2 + (0 if config.vision_feature_select_strategy == "default" else 1)
-    if point == "projected":
-        return (tokens, config.text_config.hidden_size)
-    layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
-    return (tokens, v.hidden_size * layers)
 
 
 @tiny_builder("llava-tiny")
