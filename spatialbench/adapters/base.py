@@ -17,6 +17,7 @@ from ..specs import ModelCard
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUILTIN_FAMILIES = ("blip2", "generic", "idefics", "idefics2", "instructblip", "kosmos2", "llava")  # modules of spatialbench.adapters that register a family on import
 
 
@@ -130,6 +131,14 @@ class CheckpointAdapter(Adapter):
     table, and a module-level `shape_at(config, point)` named as `config_shape`."""
 
     config_shape: ClassVar[Callable[[object, str], tuple[int, int]]]
+
+    def __init__(self, card: ModelCard, checkpoint, parts: torch.nn.Module, embeddings: torch.nn.Module, tokenizer,
+                 processor, point: str | None, device: str):
+        super().__init__(card, point)
+        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
+        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
+        self.dtype = DTYPES[card.dtype]
+        self.config = None  # set by load(): shape_at reads it
 
     def fingerprint(self) -> str:
         return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"

@@ -9,11 +9,10 @@ from torch import nn
 from PIL import Image
 
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
-from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
+from .base import DTYPES, CheckpointAdapter, register_family
+from .loading import input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
 
 
@@ -53,14 +52,6 @@ def shape_at(config, point: str) -> tuple[int, int]:
 @register_family("blip2")
 class Blip2Adapter(CheckpointAdapter):
     config_shape = staticmethod(shape_at)
-
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Blip2Parts, embeddings: nn.Embedding,
-                 tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
-        self.dtype = DTYPES[card.dtype]
-        self.config = None
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

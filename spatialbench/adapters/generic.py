@@ -31,8 +31,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError, from_validation_error
 from ..specs import ModelCard, Strict
-from .base import Adapter, register_family
-from .blip2 import DTYPES
+from .base import DTYPES, Adapter, register_family
 from .loading import resolve
 
 

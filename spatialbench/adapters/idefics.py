@@ -26,11 +26,10 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
-from .loading import Checkpoint, materialise_module, resolve
+from .base import DTYPES, CheckpointAdapter, register_family
+from .loading import materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.perceiver_resampler.")
 EMBED_PREFIX = "model.embed_tokens."  # weight (+ additional_embedding.weight: the decoupled extra vocab)
 IMAGE_TOKENS = ("<fake_token_around_image>", "<image>")
@@ -81,14 +80,6 @@ def shape_at(config, point: str) -> tuple[int, int]:
 @register_family("idefics")
 class IdeficsAdapter(CheckpointAdapter):
     config_shape = staticmethod(shape_at)
-
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: nn.Module, embeddings: nn.Module,
-                 tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
-        self.dtype = DTYPES[card.dtype]
-        self.config = None
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

@@ -32,9 +32,8 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
-from .blip2 import DTYPES
-from .loading import Checkpoint, materialise_module, resolve
+from .base import DTYPES, CheckpointAdapter, register_family
+from .loading import materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
@@ -94,14 +93,6 @@ def shape_at(config, point: str) -> tuple[int, int]:
 @register_family("idefics2")
 class Idefics2Adapter(CheckpointAdapter):
     config_shape = staticmethod(shape_at)
-
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Idefics2Parts, embeddings: nn.Embedding,
-                 tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
-        self.dtype = DTYPES[card.dtype]
-        self.config = None
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

@@ -17,11 +17,10 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
+from .base import DTYPES, CheckpointAdapter, register_family
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
 QFORMER_TOKENIZER = "qformer_tokenizer"  # the subfolder InstructBlipProcessor.save_pretrained writes it to
 
@@ -90,10 +89,8 @@ class InstructBlipAdapter(CheckpointAdapter):
 
     def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: InstructBlipParts, embeddings: nn.Embedding,
                  tokenizer, qformer_tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.qformer_tokenizer, self.processor = tokenizer, qformer_tokenizer, processor
-        self.device, self.dtype, self.config = torch.device(device), DTYPES[card.dtype], None
+        super().__init__(card, checkpoint, parts, embeddings, tokenizer, processor, point, device)
+        self.qformer_tokenizer = qformer_tokenizer
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

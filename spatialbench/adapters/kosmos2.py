@@ -29,11 +29,10 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
-from .loading import Checkpoint, materialise_module, resolve
+from .base import DTYPES, CheckpointAdapter, register_family
+from .loading import materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXTRACTION_PREFIXES = ("vision_model.", "image_to_text_projection.")
 EMBED_KEY = "text_model.model.embed_tokens.weight"  # Kosmos2TextForCausalLM.get_input_embeddings(), as saved
 
@@ -71,17 +70,9 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("kosmos2")
 class Kosmos2Adapter(CheckpointAdapter):
-    config_shape = staticmethod(shape_at)
-
     """Kosmos-2 (see the module docstring: "resampler" and "projected" are one tensor here)."""
 
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: Kosmos2Parts, embeddings: nn.Embedding,
-                 tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
-        self.dtype = DTYPES[card.dtype]
-        self.config = None
+    config_shape = staticmethod(shape_at)
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

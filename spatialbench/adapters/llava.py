@@ -28,11 +28,10 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
-from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
+from .base import DTYPES, CheckpointAdapter, register_family
+from .loading import input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POINTS = ("projected", "vision_patches")
 
 
@@ -95,14 +94,6 @@ class LlavaAdapter(CheckpointAdapter):
     config_shape = staticmethod(shape_at)
 
     points = POINTS
-
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: LlavaParts, embeddings: nn.Embedding,
-                 tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, point)
-        self.checkpoint, self.parts, self.embeddings = checkpoint, parts, embeddings
-        self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
-        self.dtype = DTYPES[card.dtype]
-        self.config = None
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

@@ -23,6 +23,8 @@ from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 from spatialbench.specs import ModelCard
 
+from .helpers import RecordingHandle
+
 CARD = ModelCard(name="llava-tiny", family="llava", checkpoint="tiny:llava-tiny")
 POINTS = ("projected", "vision_patches")
 Q = (IMAGE_SIZE // 8) ** 2  # 64 patch tokens, CLS dropped
@@ -300,31 +302,12 @@ def test_loaded_keys_are_the_vision_tower_projector_and_embedding_table(llava_ti
     assert {k for k in keys if k.startswith("vision_tower.post_layernorm")} <= adapter.loaded_keys  # whole tower
 
 
-class _Recording:
-    def __init__(self, inner, log):
-        self._inner, self._log = inner, log
-
-    def __enter__(self):
-        self._inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._inner.__exit__(*exc)
-
-    def get_tensor(self, name):
-        self._log["read"].append(name)
-        return self._inner.get_tensor(name)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
 def test_decoder_layers_are_never_read_and_decoder_only_shards_never_opened(llava_tiny, llava_dir, monkeypatch):
     real, log = loading.safe_open, {"opened": [], "read": []}
 
     def recording(path, *args, **kwargs):
         log["opened"].append(Path(path).name)
-        return _Recording(real(path, *args, **kwargs), log)
+        return RecordingHandle(real(path, *args, **kwargs), log)
 
     monkeypatch.setattr(loading, "safe_open", recording)
     adapter = llava_tiny(fresh=True)
