@@ -73,7 +73,8 @@ def run(
     device: Annotated[Device, typer.Option(help="where the model and probes run")] = Device.auto,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
-    mixed_precision: Annotated[Precision, typer.Option(help="probe training precision (accelerate)")] = Precision.no,
+    mixed_precision: Annotated[Precision, typer.Option(
+        help="training precision of the probe and, in the joint regime, the resampler (accelerate)")] = Precision.no,
     point: Annotated[Optional[Point], typer.Option(
         help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
@@ -85,10 +86,15 @@ def run(
     regime: Annotated[Regime, typer.Option(
         help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")] = Regime.frozen,
     baselines: Annotated[str, typer.Option(
-        help="comma-separated: blind, random_resampler, vision_patches; 'all' or 'none'")] = "none",
+        help="comma-separated: blind, random_resampler, vision_patches; 'all' or 'none'")] = "all",
     control: Annotated[bool, typer.Option(
-        help="control tasks and selectivity for explicit probes (experimental, see docs/methodology.md)")] = False,
-    resampler_lr: Annotated[float, typer.Option(help="joint regime: the resampler's learning rate", min=0)] = 1e-4,
+        help="control tasks and selectivity for the explicit probes (see docs/methodology.md)")] = True,
+    resampler_lr: Annotated[Optional[float], typer.Option(
+        help="joint regime: the resampler's learning rate [default: the card's resampler_lr]", min=0)] = None,
+    mdl: Annotated[bool, typer.Option(
+        help="MDL probing: online codelength and compression per classification task and regime")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        help="joint regime: recompute the resampler's activations in backward (less memory, slower)")] = False,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
     from .report import Reporter, quiet_libraries
@@ -101,7 +107,8 @@ def run(
                            mixed_precision=mixed_precision.value, point=point.value if point else None,
                            trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root,
                            regime=regime.value, baselines=_baselines(baselines), control=control,
-                           resampler_lr=resampler_lr, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+                           resampler_lr=resampler_lr, mdl=mdl,
+                           gradient_checkpointing=gradient_checkpointing, command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()
@@ -123,7 +130,7 @@ def demo(
     run(model="blip2-tiny", tasks="synthetic", seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
         trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.frozen, baselines="none", control=False,
-        resampler_lr=1e-4)
+        resampler_lr=None, mdl=False, gradient_checkpointing=False)
 
 
 @app.command("check-adapter")

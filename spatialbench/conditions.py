@@ -42,7 +42,8 @@ def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, ad
         joint_inputs = inputs.with_features(vision)
         joint_inputs.shape = inputs.shape  # the probe reads prompts, not vision features
         out.append(Condition("joint", "regime", joint_inputs,
-                             lambda: JointEncoder(adapter, vision[train_rows], train_texts)))
+                             lambda: JointEncoder(adapter, vision[train_rows], train_texts,
+                                                  checkpointing=config.gradient_checkpointing)))
     for baseline in config.baselines:
         if baseline == "blind":  # the language prior: the same constant prompt for every item
             out.append(Condition("blind", "baseline", inputs.with_features(torch.zeros_like(inputs.features))))
@@ -60,15 +61,15 @@ def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, ad
 
 
 def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInputs:
-    """Hewitt & Liang control task: each query category (or category pair) gets a fixed random target."""
+    """Control task (after Hewitt & Liang): each item's target relabelled by a mapping fixed for the
+    queried category (for relations, the subject's), drawn once per seed; see stats.control_targets."""
     targets = {}
     for name, split in inputs.splits.items():
-        q = split.query.numpy()
-        category = q[:, 0] if q.shape[1] == 1 else q[:, 0] * (inputs.shape.n_categories + 1) + q[:, 1]
+        category, target = split.query.numpy()[:, 0], split.target.numpy()
         if inputs.box:
-            targets[name] = torch.tensor(stats.control_boxes(category, seed), dtype=torch.float32)
+            targets[name] = torch.tensor(stats.control_boxes(category, target, seed), dtype=torch.float32)
         else:
-            targets[name] = torch.tensor(stats.control_targets(category, n_classes, seed), dtype=torch.long)
+            targets[name] = torch.tensor(stats.control_targets(category, target, n_classes, seed), dtype=torch.long)
     return inputs.with_targets(targets)
 
 
@@ -89,7 +90,7 @@ def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarr
     return Paired(a=a, b=b, metric=metric, diff=r.diff, ci95=tuple(r.ci95), p_value=r.p_value)
 
 
-def run_condition(cond: Condition, task: TaskSpec, seeds: list[int], accelerator, config: RunConfig,
+def run_condition(cond: Condition, task: TaskSpec, seeds: list[int], accelerator, resampler_lr: float,
                   snapshot: ResamplerSnapshot | None, on_epoch) -> tuple[list[FitResult], list[str]]:
     fits, starts = [], []
     for seed in seeds:
@@ -100,7 +101,7 @@ def run_condition(cond: Condition, task: TaskSpec, seeds: list[int], accelerator
             encoder = cond.encoder()
         fits.append(fit(cond.inputs, task.probe, seed, task.headline, accelerator,
                         on_epoch=lambda epoch, val, s=seed: on_epoch(cond.name, s, epoch, val),
-                        encoder=encoder, encoder_lr=config.resampler_lr))
+                        encoder=encoder, encoder_lr=resampler_lr))
     if snapshot is not None and cond.encoder is not None:
         snapshot.restore()
     return fits, starts

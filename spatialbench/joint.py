@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .adapters.base import Adapter
 from .train import Encoder
@@ -62,9 +63,10 @@ class JointEncoder(Encoder):
     fixed: the probe sees prompts on the same scale as in the frozen regime.
     """
 
-    def __init__(self, adapter: Adapter, train_vision: torch.Tensor, train_texts: list[str] | None):
+    def __init__(self, adapter: Adapter, train_vision: torch.Tensor, train_texts: list[str] | None,
+                 checkpointing: bool = False):
         super().__init__()
-        self.adapter = adapter
+        self.adapter, self.checkpointing = adapter, checkpointing
         self.params = [p for p in adapter.resampler_parameters()]
         initial = resample_all(adapter, train_vision, train_texts)
         self.register_buffer("mean", initial.mean(dim=(0, 1), keepdim=True))
@@ -74,8 +76,12 @@ class JointEncoder(Encoder):
         return iter(self.params)
 
     def forward(self, rows: torch.Tensor, texts: list[str] | None) -> torch.Tensor:
+        rows = rows.to(self.adapter.device, self.adapter.dtype)
         with torch.enable_grad() if self.training else torch.no_grad():
-            prompt = self.adapter.resample(rows.to(self.adapter.device, self.adapter.dtype), texts).float()
+            if self.training and self.checkpointing:  # keep no resampler activations; recompute them in backward
+                prompt = checkpoint(self.adapter.resample, rows, texts, use_reentrant=False).float()
+            else:
+                prompt = self.adapter.resample(rows, texts).float()
         return (prompt - self.mean.to(prompt.device)) / self.std.to(prompt.device)
 
     def train(self, mode: bool = True):

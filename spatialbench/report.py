@@ -48,8 +48,14 @@ class Reporter:
         with self._progress() as progress:
             bar = progress.add_task(f"probing {task}", total=total_epochs, note="")
 
+            last = [None]
+
             def tick(condition: str, seed: int, epoch: int, val: float) -> None:
                 progress.update(bar, advance=1, note=f"{condition} seed {seed} epoch {epoch} val {val:.3f}")
+                # Without a terminal the bar is drawn only at the end: a log still shows where the run is.
+                if not self.console.is_terminal and last[0] != (condition, seed):
+                    last[0] = (condition, seed)
+                    self.console.print(f"probing {task}: {condition}, seed {seed}")
 
             yield tick
             progress.update(bar, completed=total_epochs)
@@ -73,6 +79,9 @@ class Reporter:
             for name, cond in conditions.items():
                 label = f"{task.name} {name}" if cond.role == "regime" else f"  {name}"
                 self._row(table, label, task.headline, cond.metrics[task.headline], task)
+                if cond.mdl:
+                    table.add_row(f"  {name} MDL", "compression", f"{cond.mdl.compression:.2f}x",
+                                  f"{cond.mdl.codelength_bits:.0f} bits", "", "")
                 if cond.selectivity:
                     s = cond.selectivity
                     table.add_row(f"  {name} selectivity", "task-control", f"{s.diff:+.3f}",

@@ -115,6 +115,7 @@ class RunResult(Strict):
     seeds: list[int]
     regimes: list[str] = Field(default_factory=lambda: ["frozen"])
     baselines: list[str] = Field(default_factory=list)
+    resampler_lr: float | None = Field(None, description="the joint regime's resampler learning rate, if it ran")
     limit: int | None = None
     limit_note: str | None = None
     device: str = "cpu"

@@ -18,11 +18,13 @@ from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
 from .features import FeatureStore, Request, digest
+from .joint import ResamplerSnapshot
+from .mdl import online_code
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, RunResult, TaskResult, git_hash
+from .results import LIMIT_NOTE, ExtractionStats, Mdl, RunResult, TaskResult, git_hash
 from .specs import ModelCard, RunConfig, TaskSpec
-from .joint import ResamplerSnapshot
+from .stats import default_blocks
 
 
 def resolve_card(model: str) -> ModelCard:
@@ -54,6 +56,7 @@ class Runner:
         self.out_dir = Path(config.output) / self.card.name
         self.results_path = self.out_dir / "results.json"
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
+        self.resampler_lr = config.resampler_lr or self.card.resampler_lr
 
     def _save(self, result: RunResult) -> None:
         if self.accelerator.is_main_process:  # under `accelerate launch`, one writer
@@ -72,7 +75,8 @@ class Runner:
             git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
             point=adapter.point, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
             regimes=["frozen", "joint"] if config.regime == "both" else [config.regime], baselines=config.baselines,
-            limit=config.limit, limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
+            resampler_lr=self.resampler_lr if config.regime != "frozen" else None, limit=config.limit,
+            limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
         )
         loaded: dict[str, tuple[TaskData, float]] = {}
         for task in self.tasks:
@@ -103,6 +107,17 @@ class Runner:
                 result.tasks[task.name] = self._failed(task, e)
             self._save(result)  # after every task: a crash loses at most the task in flight
         return result
+
+    def _mdl(self, cond: conditions.Condition, task: TaskSpec, tick) -> Mdl:
+        """Online codelength of the training labels under this regime, with the first seed."""
+        restore = self.snapshot.restore if cond.encoder is not None else None
+        seed = self.seeds[0]
+        r = online_code(cond.inputs, task.probe, task.headline, seed, self.accelerator,
+                        encoder=cond.encoder, encoder_lr=self.resampler_lr, before_fit=restore,
+                        on_epoch=lambda epoch, val: tick(f"{cond.name} mdl", seed, epoch, val))
+        if restore:
+            restore()
+        return Mdl(codelength_bits=r.codelength_bits, uniform_bits=r.uniform_bits, compression=r.compression)
 
     def _failed(self, task: TaskSpec, error: Exception) -> TaskResult:
         text = str(error) if isinstance(error, SpatialbenchError) else f"{type(error).__name__}: {error}"
@@ -137,24 +152,28 @@ class Runner:
         vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
         plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot)
         with_control = self.config.control and not task.implicit
-        epochs = sum(len(self.seeds) * task.probe.epochs * (2 if with_control and c.role == "regime" else 1)
-                     for c in plan)
+        with_mdl = self.config.mdl and not inputs.box
+        mdl_fits = len(default_blocks(len(inputs.splits["train"]))) - 1 if with_mdl else 0
+        extra = int(with_control) * len(self.seeds) + mdl_fits
+        epochs = sum(task.probe.epochs * (len(self.seeds) + (extra if c.role == "regime" else 0)) for c in plan)
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
         results, fits_of = {}, {}
         with self.reporter.training(task.name, epochs) as tick:
             for cond in plan:
-                fits, starts = conditions.run_condition(cond, task, self.seeds, self.accelerator, self.config,
+                fits, starts = conditions.run_condition(cond, task, self.seeds, self.accelerator, self.resampler_lr,
                                                         self.snapshot, tick)
                 control_fits = control_sets = None
                 if with_control and cond.role == "regime":
                     control_sets = [conditions.control_inputs(cond.inputs, inputs.shape.n_out, s) for s in self.seeds]
                     control_fits = [conditions.run_condition(
                         conditions.Condition(f"{cond.name} control", cond.role, c, cond.encoder), task, [seed],
-                        self.accelerator, self.config, self.snapshot, tick)[0][0]
+                        self.accelerator, self.resampler_lr, self.snapshot, tick)[0][0]
                         for seed, c in zip(self.seeds, control_sets)]
                 results[cond.name] = conditions.summarise(cond, fits, starts, task, examples, clusters,
                                                           control_fits, control_sets)
+                if with_mdl and cond.role == "regime":
+                    results[cond.name].mdl = self._mdl(cond, task, tick)
                 fits_of[cond.name] = fits
         primary = next(c.name for c in plan if c.role == "regime")
         comparisons = {}

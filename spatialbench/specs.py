@@ -178,6 +178,9 @@ class ModelCard(Strict):
         "projected", description="extraction point: LLM input, raw resampler output, or pre-resampler patches"
     )
     description: str = ""
+    resampler_lr: float = Field(
+        1e-4, gt=0.0, description="joint regime: the resampler's learning rate unless --resampler-lr overrides it"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -199,12 +202,17 @@ class RunConfig(Strict):
     )
     trust_remote_code: bool = False
     regime: Literal["frozen", "joint", "both"] = "frozen"
-    baselines: list[Literal["blind", "random_resampler", "vision_patches"]] = Field(default_factory=list)
-    control: bool = Field(
-        False, description="control tasks for explicit probes (experimental: see docs/methodology.md)"
+    baselines: list[Literal["blind", "random_resampler", "vision_patches"]] = Field(
+        default_factory=lambda: ["blind", "random_resampler", "vision_patches"]
     )
-    resampler_lr: float = Field(1e-4, gt=0.0, description="joint regime: the resampler's learning rate")
-    mdl: bool = Field(False, description="online-code MDL of each task and regime")
+    control: bool = Field(True, description="control tasks for the explicit probes (see docs/methodology.md)")
+    resampler_lr: float | None = Field(
+        None, gt=0.0, description="joint regime: the resampler's learning rate [default: the card's]"
+    )
+    mdl: bool = Field(False, description="online-code MDL of each classification task and regime")
+    gradient_checkpointing: bool = Field(
+        False, description="joint regime: recompute the resampler's activations in backward (less memory, slower)"
+    )
     data_dir: Path | None = Field(None, description="annotations root [default: $SPATIALBENCH_DATA]")
     coco_root: Path | None = Field(None, description="COCO images root [default: $COCO_ROOT]")
     command: str = ""

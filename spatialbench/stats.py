@@ -163,36 +163,43 @@ def _category_ids(categories_of_items) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(cats, return_inverse=True)
 
 
-def control_targets(categories_of_items, n_classes: int, seed: int) -> np.ndarray:
-    """Control class per item: each category id gets one uniform random class.
+def control_targets(categories_of_items, targets, n_classes: int, seed: int) -> np.ndarray:
+    """Control class per item: the true class relabelled by a random permutation fixed for its category.
 
-    The class is drawn from default_rng([seed, category]), so it depends only on
-    (category, seed): train and test splits, in any order, agree.
+    Hewitt & Liang map each word type to a random tag; a spatial probe here is given the category
+    as input, so a target that depends on the category alone is solved from the query, not the image
+    (measured: 1.00). The permutation keeps the need to read the answer from the visual prompt and
+    adds one arbitrary category-specific mapping that only the probe's capacity can supply.
+    The permutation comes from default_rng([seed, category]), so train and test agree in any order.
     """
     if n_classes < 2:
         raise ValueError("a control task needs at least two classes")
     ids, inv = _category_ids(categories_of_items)
-    mapped = np.array([np.random.default_rng([seed, int(c)]).integers(n_classes) for c in ids], dtype=int)
-    return mapped[inv]
+    targets = np.asarray(targets)
+    if targets.shape != inv.shape or (targets < 0).any() or (targets >= n_classes).any():
+        raise ValueError(f"targets must be one class in [0, {n_classes}) per item")
+    perms = np.stack([np.random.default_rng([seed, int(c)]).permutation(n_classes) for c in ids])
+    return perms[inv, targets]
 
 
-def control_boxes(categories_of_items, seed: int, min_size: float = 0.1) -> np.ndarray:
-    """Control box per item: each category id gets one random normalised box.
+def control_boxes(categories_of_items, boxes, seed: int) -> np.ndarray:
+    """Control box per item: the true box moved by one of the square's 8 symmetries, fixed per category.
 
-    Width and height are uniform in [min_size, 1] (so no box is degenerate), and
-    the box is placed uniformly inside the unit square; drawn from
-    default_rng([seed, category]) as in control_targets. Returns [N, 4] (x0, y0, x1, y1).
+    The box analogue of control_targets: flips and a transpose of the unit square keep every box
+    valid and the size distribution intact. Boxes are normalised [N, 4] (x0, y0, x1, y1).
     """
-    if not 0 < min_size <= 1:
-        raise ValueError("min_size must lie in (0, 1]")
     ids, inv = _category_ids(categories_of_items)
-    boxes = np.empty((len(ids), 4))
-    for k, c in enumerate(ids):
-        rng = np.random.default_rng([seed, int(c)])
-        w, h = rng.uniform(min_size, 1.0, size=2)
-        x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
-        boxes[k] = (x0, y0, x0 + w, y0 + h)
-    return boxes[inv]
+    boxes = np.asarray(boxes, dtype=float)
+    if boxes.shape != (len(inv), 4):
+        raise ValueError("boxes must be [N, 4] normalised (x0, y0, x1, y1), one per item")
+    symmetry = np.array([np.random.default_rng([seed, int(c)]).integers(8) for c in ids])[inv]
+    x0, y0, x1, y1 = boxes.T.copy()
+    flip_x, flip_y, transpose = symmetry & 1 > 0, symmetry & 2 > 0, symmetry & 4 > 0
+    x0[flip_x], x1[flip_x] = 1 - x1[flip_x], 1 - x0[flip_x]
+    y0[flip_y], y1[flip_y] = 1 - y1[flip_y], 1 - y0[flip_y]
+    x0[transpose], y0[transpose], x1[transpose], y1[transpose] = (
+        y0[transpose], x0[transpose], y1[transpose], x1[transpose])
+    return np.stack([x0, y0, x1, y1], axis=1)
 
 
 # --- MDL online code ------------------------------------------------------------

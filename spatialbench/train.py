@@ -48,10 +48,13 @@ class ProbeInputs:
         shape = ProbeShape(q, d, self.shape.n_out, self.shape.n_categories, self.shape.n_slots, self.shape.text_dim)
         return ProbeInputs(features, self.splits, shape, self.box, self.text, self.text_mask, self.row_keys)
 
+    def with_splits(self, splits: dict[str, Split]) -> ProbeInputs:
+        return ProbeInputs(self.features, splits, self.shape, self.box, self.text, self.text_mask, self.row_keys)
+
     def with_targets(self, targets: dict[str, torch.Tensor]) -> ProbeInputs:
         """The same items with other targets (a control task)."""
-        splits = {name: Split(s.image, s.query, targets[name], s.sizes, s.texts) for name, s in self.splits.items()}
-        return ProbeInputs(self.features, splits, self.shape, self.box, self.text, self.text_mask, self.row_keys)
+        return self.with_splits(
+            {name: Split(s.image, s.query, targets[name], s.sizes, s.texts) for name, s in self.splits.items()})
 
 
 class Encoder(torch.nn.Module):
@@ -70,6 +73,7 @@ class FitResult:
     val_score: float
     seconds: float
     history: list[float] = field(default_factory=list)
+    test_loss: float = float("nan")  # mean over the test split: cross-entropy in nats, or the box loss
 
 
 def standardise(features: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
@@ -88,8 +92,8 @@ def score(name: str, pred: np.ndarray, split: Split, box: bool) -> float:
 
 
 class _Batcher:
-    def __init__(self, inputs: ProbeInputs, device: torch.device, encoder: Encoder | None = None):
-        self.inputs, self.device, self.encoder = inputs, device, encoder
+    def __init__(self, inputs: ProbeInputs, accelerator: Accelerator, encoder: Encoder | None = None):
+        self.inputs, self.accelerator, self.device, self.encoder = inputs, accelerator, accelerator.device, encoder
 
     def __call__(self, split: Split, rows: torch.Tensor):
         rows = rows.cpu()
@@ -99,8 +103,9 @@ class _Batcher:
         if self.inputs.text is not None:
             mask = self.inputs.text_mask[query].to(self.device)
             query = self.inputs.text[query]
-        if self.encoder is not None:
-            visual = self.encoder(visual, [split.texts[i] for i in rows.tolist()] if split.texts else None)
+        if self.encoder is not None:  # the probe's forward is autocast by accelerate; the encoder's is not
+            with self.accelerator.autocast():
+                visual = self.encoder(visual, [split.texts[i] for i in rows.tolist()] if split.texts else None)
         return visual, query.to(self.device), mask, split.target[rows].to(self.device)
 
 
@@ -145,7 +150,7 @@ def fit(
     loader = DataLoader(TensorDataset(torch.arange(len(train))), batch_size=spec.batch_size, shuffle=True,
                         generator=generator)
     model, optimiser, loader = accelerator.prepare(model, optimiser, loader)
-    batch = _Batcher(inputs, accelerator.device, encoder)
+    batch = _Batcher(inputs, accelerator, encoder)
     loss_fn = (lambda raw, t: box_loss(to_box(raw), t)) if inputs.box else torch.nn.functional.cross_entropy
 
     # Select on the validation metric; its loss breaks ties (a metric flat at 0 must not pin epoch 1).
@@ -176,6 +181,7 @@ def fit(
     accelerator.unwrap_model(model).load_state_dict(best_state)
     if encoder is not None:
         encoder.load_state_dict(best_encoder)
-    test_pred, _ = _predict(model, inputs, inputs.splits["test"], accelerator, batch, loss_fn)
+    test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], accelerator, batch, loss_fn)
     accelerator.free_memory()
-    return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history)
+    return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history,
+                     test_loss)

@@ -72,7 +72,7 @@ def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp
         "dataset: {source: synthetic, image_size: 64, sizes: {train: 0, validation: 4, test: 4}}\n"
     )
     args = ["run", "--model", "blip2-tiny", "--tasks", "small_relation,broken", "--seeds", "1", "--device", "cpu",
-            "--include-path", str(small_tasks), "--output", str(tmp_path / "out")]
+            "--include-path", str(small_tasks), "--output", str(tmp_path / "out"), "--baselines", "none", "--no-control"]
     result = cli.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
     assert "small_relation" in result.output and "failed" in result.output

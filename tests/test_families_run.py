@@ -12,7 +12,8 @@ TINY_CARDS = ["blip2-tiny", "instructblip-tiny", "idefics-tiny", "idefics2-tiny"
 
 @pytest.mark.parametrize("card, point", [*[(c, None) for c in TINY_CARDS], ("blip2-tiny", "vision_patches")])
 def test_every_family_runs_the_synthetic_group(card, point, tmp_path):
-    config = RunConfig(model=card, tasks=["synthetic"], seeds=1, limit=64, output=tmp_path, device="cpu", point=point)
+    config = RunConfig(model=card, tasks=["synthetic"], seeds=1, limit=64, output=tmp_path, device="cpu", point=point,
+                       baselines=[], control=False)
     result = Runner(config).run()
     assert sorted(result.tasks) == sorted(t.name for t in TaskRegistry().resolve("synthetic"))
     failed = {n: t.error for n, t in result.tasks.items() if t.status != "ok"}

@@ -10,6 +10,7 @@ from spatialbench.specs import RunConfig
 
 
 def _run(small_tasks: Path, out: Path, tasks="small", seeds=2, **kw) -> tuple[Runner, RunResult]:
+    kw = {"baselines": [], "control": False, **kw}  # the frozen probe alone, unless a test asks for more
     config = RunConfig(model="blip2-tiny", tasks=[tasks], seeds=seeds, output=out, include_paths=[small_tasks],
                        device="cpu", **kw)
     runner = Runner(config)
@@ -67,7 +68,8 @@ def test_a_failing_task_is_recorded_and_the_others_still_run(small_tasks, tmp_pa
 
 def test_every_shipped_synthetic_task_runs(tmp_path):
     shipped = [t.name for t in TaskRegistry().resolve("synthetic")]
-    config = RunConfig(model="blip2-tiny", tasks=["synthetic"], seeds=1, limit=24, output=tmp_path, device="cpu")
+    config = RunConfig(model="blip2-tiny", tasks=["synthetic"], seeds=1, limit=24, output=tmp_path, device="cpu",
+                       baselines=[], control=False)
     result = Runner(config).run()
     assert sorted(result.tasks) == sorted(shipped)
     assert all(t.status == "ok" for t in result.tasks.values())

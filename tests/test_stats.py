@@ -168,7 +168,7 @@ def test_selectivity_hand_case():
     n = 100
     clusters = np.arange(n) // 5
     task_y = np.arange(n) % 4
-    control_y = control_targets(np.arange(n) % 10, 4, seed=0)
+    control_y = control_targets(np.arange(n) % 10, task_y, 4, seed=0)
     rng = np.random.default_rng(7)
     task_hits = np.zeros(n, bool)
     task_hits[rng.choice(n, 90, replace=False)] = True
@@ -185,44 +185,72 @@ def test_selectivity_hand_case():
 # --- control tasks --------------------------------------------------------------
 
 
-def test_control_targets_map_by_category_and_seed():
-    cats = np.array([3, 7, 3, 11, 7, 3])
-    t = control_targets(cats, 5, seed=1)
-    assert t[0] == t[2] == t[5] and t[1] == t[4]
-    assert ((0 <= t) & (t < 5)).all()
-    np.testing.assert_array_equal(t, control_targets(cats, 5, seed=1))
+def test_control_targets_permute_the_true_class_per_category():
+    cats = np.array([3, 7, 3, 11, 7, 3, 3])
+    true = np.array([0, 1, 1, 2, 1, 0, 4])
+    t = control_targets(cats, true, 5, seed=1)
+    # The same (category, class) always maps to the same control class; within a category the map is a
+    # bijection, so two different classes never collide.
+    assert t[0] == t[5] and t[1] == t[4]
+    assert len({t[0], t[2], t[6]}) == 3
+    np.testing.assert_array_equal(t, control_targets(cats, true, 5, seed=1))
     # Order and set of items do not matter: a "test split" in another order agrees.
     perm = np.array([4, 3, 0])
-    np.testing.assert_array_equal(control_targets(cats[perm], 5, seed=1), t[perm])
-    assert control_targets(np.array([11]), 5, seed=1)[0] == t[3]
+    np.testing.assert_array_equal(control_targets(cats[perm], true[perm], 5, seed=1), t[perm])
+    perm3 = np.random.default_rng([1, 3]).permutation(5)
+    np.testing.assert_array_equal(control_targets(np.full(5, 3), np.arange(5), 5, seed=1), perm3)
 
 
-def test_control_targets_seeds_differ_and_are_uniform():
-    cats = np.arange(5000)
-    t0, t1 = control_targets(cats, 5, seed=0), control_targets(cats, 5, seed=1)
-    assert np.mean(t0 != t1) > 0.7  # independent maps disagree 80 % of the time
-    counts = np.bincount(t0, minlength=5)
-    assert (np.abs(counts - 1000) < 120).all()  # sd ~28 per class
+def test_control_targets_seeds_differ_and_keep_the_class_balance():
+    cats = np.repeat(np.arange(1000), 5)
+    true = np.tile(np.arange(5), 1000)
+    t0, t1 = control_targets(cats, true, 5, seed=0), control_targets(cats, true, 5, seed=1)
+    assert np.mean(t0 != t1) > 0.7  # independent permutations disagree 80 % of the time
+    # Each category's 5 items cover all 5 classes, so balance is exact, not just likely.
+    np.testing.assert_array_equal(np.bincount(t0, minlength=5), [1000] * 5)
 
 
-def test_control_boxes_valid_and_stable():
-    cats = np.arange(500) % 50
-    boxes = control_boxes(cats, seed=2)
-    assert boxes.shape == (500, 4)
-    x0, y0, x1, y1 = boxes.T
-    assert ((0 <= x0) & (x1 <= 1) & (0 <= y0) & (y1 <= 1)).all()
-    assert ((x1 - x0 >= 0.1) & (y1 - y0 >= 0.1)).all()
-    np.testing.assert_array_equal(boxes[:50], boxes[50:100])
-    np.testing.assert_array_equal(control_boxes(cats[::-1], seed=2), boxes[::-1])
-    assert len(np.unique(boxes, axis=0)) == 50
-    assert not np.allclose(control_boxes(cats, seed=3), boxes)
+def test_control_boxes_are_one_symmetry_of_the_square_per_category():
+    rng = np.random.default_rng(0)
+    n = 400
+    cats = np.arange(n) % 40
+    xy = rng.uniform(0, 0.6, size=(n, 2))
+    wh = rng.uniform(0.05, 0.4, size=(n, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    out = control_boxes(cats, boxes, seed=2)
+    x0, y0, x1, y1 = out.T
+    assert ((0 <= x0) & (x0 < x1) & (x1 <= 1) & (0 <= y0) & (y0 < y1) & (y1 <= 1)).all()
+    # Sizes survive up to a transpose: {w, h} is kept per box.
+    np.testing.assert_allclose(np.sort(out[:, 2:] - out[:, :2], 1), np.sort(wh, 1))
+    # One symmetry per category: the centre moves by the same map for every box of a category.
+    centres = lambda b: (b[:, :2] + b[:, 2:]) / 2
+    for c in range(40):
+        rows = cats == c
+        src, dst = centres(boxes[rows]) - 0.5, centres(out[rows]) - 0.5
+        m, *_ = np.linalg.lstsq(src, dst, rcond=None)
+        np.testing.assert_allclose(src @ m, dst, atol=1e-9)
+        assert set(np.round(np.abs(m).ravel(), 9)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(control_boxes(cats[::-1], boxes[::-1], seed=2), out[::-1])
+    assert not np.allclose(control_boxes(cats, boxes, seed=3), out)
 
 
-def test_control_rejects_bad_categories():
+def test_control_box_symmetries_by_hand():
+    box = np.array([[0.1, 0.2, 0.3, 0.6]])
+    seen = {tuple(np.round(control_boxes(np.array([c]), box, seed=0)[0], 9)) for c in range(200)}
+    expected = {(0.1, 0.2, 0.3, 0.6), (0.7, 0.2, 0.9, 0.6), (0.1, 0.4, 0.3, 0.8), (0.7, 0.4, 0.9, 0.8),
+                (0.2, 0.1, 0.6, 0.3), (0.2, 0.7, 0.6, 0.9), (0.4, 0.1, 0.8, 0.3), (0.4, 0.7, 0.8, 0.9)}
+    assert seen == expected
+
+
+def test_control_rejects_bad_input():
     with pytest.raises(ValueError):
-        control_targets(np.array([0, -1]), 3, seed=0)
+        control_targets(np.array([0, -1]), np.array([0, 0]), 3, seed=0)
     with pytest.raises(ValueError):
-        control_boxes(np.array([0.5]), seed=0)
+        control_targets(np.array([0, 1]), np.array([0, 3]), 3, seed=0)
+    with pytest.raises(ValueError):
+        control_boxes(np.array([0.5]), np.zeros((1, 4)), seed=0)
+    with pytest.raises(ValueError):
+        control_boxes(np.array([0]), np.zeros((2, 4)), seed=0)
 
 
 # --- MDL ------------------------------------------------------------------------

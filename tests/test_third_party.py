@@ -43,7 +43,8 @@ def test_check_adapter_passes_for_the_third_party_family(site, tmp_path):
 
 def test_run_works_with_the_third_party_family(site, small_tasks, tmp_path):
     out = _cli(site, "run", "--model", "toy-tiny", "--tasks", "small_relation,small_vsr", "--seeds", "1",
-               "--include-path", str(small_tasks), "--output", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+               "--include-path", str(small_tasks), "--output", str(tmp_path / "out"), "--device", "cpu",
+               "--baselines", "none", "--no-control", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     results = (tmp_path / "out" / "toy-tiny" / "results.json").read_text()
     assert '"family": "toy"' in results and '"visual_prompt_shape": [\n    4,\n    48\n  ]' in results

@@ -156,8 +156,12 @@ def build_blip2_tiny(out: Path) -> None:
         num_query_tokens=8, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():  # zero-initialised queries would all be identical
-        model.query_tokens.normal_(0.0, 0.5)
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.5)  # zero-initialised queries would all be identical
+        # A trained ViT's patch features carry their position strongly; at the default scale (0.05, next to
+        # ~0.7 from the patch projection) a random one barely does, and a cross-attending resampler, which
+        # sees patches as an unordered set, then has no "where" to learn even when trained jointly.
+        model.vision_model.embeddings.position_embedding.normal_(0.0, 1.0)
     model.save_pretrained(out, max_shard_size="100KB")
     tokenizer.save_pretrained(out)
     BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)

@@ -83,7 +83,8 @@ def no_network(monkeypatch):
 def test_every_real_task_runs_offline_or_fails_fast_naming_what_is_missing(roots, no_network, tmp_path):
     data, coco, tasks = roots
     config = RunConfig(model="blip2-tiny", tasks=[",".join(REAL_TASKS) + ",coco_region_small,coco_relation_small"],
-                       seeds=1, output=tmp_path, device="cpu", data_dir=data, coco_root=coco, include_paths=[tasks])
+                       seeds=1, output=tmp_path, device="cpu", data_dir=data, coco_root=coco, include_paths=[tasks],
+                       baselines=[], control=False)
     result = Runner(config).run()
     assert no_network == []
     ok = {n for n, t in result.tasks.items() if t.status == "ok"}
@@ -106,7 +107,8 @@ def test_missing_images_fail_the_task_before_extraction(roots, tmp_path):
     shutil.copytree(coco, partial)
     shutil.rmtree(partial / "train2014")
     config = RunConfig(model="blip2-tiny", tasks=["refcocog_umd,coco_region_small"], seeds=1, output=tmp_path / "out",
-                       device="cpu", data_dir=data, coco_root=partial, include_paths=[tasks])
+                       device="cpu", data_dir=data, coco_root=partial, include_paths=[tasks],
+                       baselines=[], control=False)
     result = Runner(config).run()
     error = result.tasks["refcocog_umd"].error
     assert "15 of 15" in error and "train2014" in error and "cocodataset.org" in error
@@ -123,7 +125,8 @@ def test_a_corrupt_image_fails_its_task_with_the_path(roots, tmp_path):
     for victim in victims:  # truncated files: every test image of the task is unreadable
         victim.write_bytes(victim.read_bytes()[:50])
     config = RunConfig(model="blip2-tiny", tasks=["coco_relation_small"], seeds=1, output=tmp_path / "out",
-                       device="cpu", data_dir=data, coco_root=broken, include_paths=[tasks])
+                       device="cpu", data_dir=data, coco_root=broken, include_paths=[tasks],
+                       baselines=[], control=False)
     result = Runner(config).run()
     task = result.tasks["coco_relation_small"]
     assert task.status == "failed" and "could not be read" in task.error
