@@ -101,6 +101,7 @@ def run(
     from .runner import Runner
 
     quiet_libraries()
+    runner = None
     try:
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
                            device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
@@ -114,7 +115,19 @@ def run(
         result = runner.run()
     except SpatialbenchError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        if runner is None:
+            raise typer.Exit(130) from None
+        cells = runner.cells
+        err.print(f"\n[yellow]interrupted.[/yellow] Finished tasks are in {runner.results_path}; "
+                  f"{cells.fitted + cells.reused} finished probe fits are kept under {cells.root}. "
+                  "Run the same command again to resume: finished work is skipped.")
+        raise typer.Exit(130) from None
+    if not runner.accelerator.is_main_process:
+        return
     reporter.summary(result, str(runner.results_path))
+    if runner.cells.reused:
+        err.print(f"probe fits: {runner.cells.fitted} fitted, {runner.cells.reused} reused from {runner.cells.root}")
     failed = [t.name for t in result.tasks.values() if t.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} task(s) failed:[/red] {', '.join(failed)} (reasons in the results JSON)")

@@ -90,21 +90,20 @@ def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarr
     return Paired(a=a, b=b, metric=metric, diff=r.diff, ci95=tuple(r.ci95), p_value=r.p_value)
 
 
-def run_condition(cond: Condition, task: TaskSpec, seeds: list[int], accelerator, resampler_lr: float,
-                  snapshot: ResamplerSnapshot | None, on_epoch) -> tuple[list[FitResult], list[str]]:
-    fits, starts = [], []
-    for seed in seeds:
-        encoder = None
-        if cond.encoder is not None:
-            snapshot.restore()  # every seed and task starts from the checkpoint's resampler
-            starts.append(snapshot.digest())
-            encoder = cond.encoder()
-        fits.append(fit(cond.inputs, task.probe, seed, task.headline, accelerator,
-                        on_epoch=lambda epoch, val, s=seed: on_epoch(cond.name, s, epoch, val),
-                        encoder=encoder, encoder_lr=resampler_lr))
-    if snapshot is not None and cond.encoder is not None:
+def fit_one(cond: Condition, inputs: ProbeInputs, task: TaskSpec, seed: int, accelerator, resampler_lr: float,
+            snapshot: ResamplerSnapshot | None, on_epoch) -> FitResult:
+    """One seed of one condition (its own inputs, or a control task's); joint fits start from the checkpoint."""
+    encoder = start = None
+    if cond.encoder is not None:
+        snapshot.restore()  # every seed and task starts from the checkpoint's resampler
+        start = snapshot.digest()
+        encoder = cond.encoder()
+    result = fit(inputs, task.probe, seed, task.headline, accelerator, on_epoch=on_epoch, encoder=encoder,
+                 encoder_lr=resampler_lr)
+    if encoder is not None:
         snapshot.restore()
-    return fits, starts
+    result.start = start
+    return result
 
 
 def summarise(cond: Condition, fits: list[FitResult], starts: list[str], task: TaskSpec, examples,

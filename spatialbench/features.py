@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .adapters.base import Adapter
@@ -28,6 +28,11 @@ Request = tuple[str, "str | None", ImageLoader]  # (image content key, text the 
 
 def digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _checksum(t: torch.Tensor) -> str:
+    """Of the tensor's bytes: a flipped bit inside the data parses fine, so parsing alone is not enough."""
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 class FeatureStore:
@@ -55,29 +60,35 @@ class FeatureStore:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def _valid(self, key: str) -> bool:
+        """Whether the entry is there and whole: it parses, and its tensor matches the checksum written with it."""
         path = self.path(key)
         if not path.exists():
             return False
         try:
-            load_file(str(path))["prompt"]
-            return True
-        except (SafetensorError, KeyError, OSError, ValueError):
-            path.unlink(missing_ok=True)  # corrupt: extract it again
+            with safe_open(str(path), framework="pt") as f:
+                whole = (f.metadata() or {}).get("sha256") == _checksum(f.get_tensor("prompt"))
+        except (SafetensorError, KeyError, OSError, ValueError, RuntimeError):
+            whole = False
+        if not whole:
+            path.unlink(missing_ok=True)  # truncated or corrupt: extract it again
             self.recomputed += 1
-            return False
+        return whole
 
     def ensure(self, items: Iterable[Request], on_batch: Callable[[int], None] | None = None,
-               vision: FeatureStore | None = None) -> None:
+               vision: FeatureStore | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         """Extract every (content key, text, image loader) not yet cached, batch by batch.
 
         With `vision` (a store at the vision_patches point that already holds these images), prompts are
         resampled from the cached vision features, so the vision encoder runs once per image per run.
+        `shard` = (rank, world): this process takes every world-th unique request, counted before the
+        cache is looked at, so the shares never depend on what another process has written meanwhile.
         """
-        todo: dict[str, tuple[str | None, ImageLoader]] = {}
+        requests: dict[str, Request] = {}
         for content_key, text, loader in items:
-            key = self.key(content_key, text)
-            if key in todo:
-                continue
+            requests.setdefault(self.key(content_key, text), (content_key, text, loader))
+        rank, world = shard
+        todo: dict[str, tuple[str | None, ImageLoader, str]] = {}
+        for key, (content_key, text, loader) in list(requests.items())[rank::world]:
             if self._valid(key):
                 self.reused += 1
                 if on_batch:
@@ -105,7 +116,8 @@ class FeatureStore:
                     prompts = self.adapter.visual_prompt(self.adapter.preprocess(images), texts).detach().cpu()
             self.extracted += len(batch)
             for key, prompt in zip(batch, prompts):
-                atomic_write(self.path(key), lambda p, t=prompt: save_file({"prompt": t.contiguous()}, str(p)))
+                atomic_write(self.path(key), lambda p, t=prompt.contiguous(): save_file(
+                    {"prompt": t}, str(p), metadata={"sha256": _checksum(t)}))
             if on_batch:
                 on_batch(len(batch))
 

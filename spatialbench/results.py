@@ -67,6 +67,9 @@ class ConditionResult(Strict):
     selectivity: Paired | None = Field(None, description="task - control on the same items")
     mdl: Mdl | None = None
     resampler_start: list[str] = Field(default_factory=list, description="joint: digest of the start weights per seed")
+    failed_seeds: dict[int, str] = Field(
+        default_factory=dict, description="seeds whose training failed (e.g. a NaN loss), with why; left out of the metrics"
+    )
 
 
 class TaskResult(Strict):
@@ -99,6 +102,7 @@ class ExtractionStats(Strict):
     recomputed: int = 0
     failed: int = Field(0, description="images that could not be read (their tasks are marked failed)")
     vision_extracted: int = Field(0, description="vision-encoder forwards for the vision-feature cache")
+    by_process: list[int] = Field(default_factory=list, description="prompts extracted by each process")
     seconds: float = 0.0
 
 

@@ -9,22 +9,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from rich.console import Console
 
-from . import conditions, scoring
+from . import __version__, conditions, scoring
 from .adapters.base import Adapter, get_family
 from .adapters.loading import default_cache_dir
 from .assemble import build_inputs, feature_requests
+from .cells import CellStore
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
 from .features import FeatureStore, Request, digest
 from .joint import ResamplerSnapshot
-from .mdl import online_code
+from .probing import TaskProbing
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, Mdl, RunResult, TaskResult, git_hash
+from .results import LIMIT_NOTE, ExtractionStats, RunResult, TaskResult, git_hash
 from .specs import ModelCard, RunConfig, TaskSpec
-from .stats import default_blocks
 
 
 def resolve_card(model: str) -> ModelCard:
@@ -51,12 +53,15 @@ class Runner:
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=config.mixed_precision)
+        if not self.accelerator.is_main_process:  # under `accelerate launch`, one process speaks
+            self.reporter = Reporter(Console(quiet=True))
         self.cache_dir = Path(config.cache_dir or default_cache_dir())
         self.seeds = list(range(config.seeds))
         self.out_dir = Path(config.output) / self.card.name
         self.results_path = self.out_dir / "results.json"
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
         self.resampler_lr = config.resampler_lr or self.card.resampler_lr
+        self.cells = CellStore(self.out_dir / "cells")
 
     def _save(self, result: RunResult) -> None:
         if self.accelerator.is_main_process:  # under `accelerate launch`, one writer
@@ -64,13 +69,17 @@ class Runner:
 
     def run(self) -> RunResult:
         config = self.config
-        adapter = get_family(self.card.family).load(
-            self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
-            trust_remote_code=config.trust_remote_code)
+        # The main process first: it builds a tiny checkpoint (save_pretrained writes weights on rank 0 only).
+        with self.accelerator.main_process_first():
+            adapter = get_family(self.card.family).load(
+                self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
+                trust_remote_code=config.trust_remote_code)
         store = FeatureStore(adapter, self.cache_dir, config.batch_size)
         uses_vision = config.regime != "frozen" or bool({"vision_patches", "random_resampler"} & set(config.baselines))
         vision = FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches") if uses_vision else None
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
+        self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), repr(self.resampler_lr),
+                              config.mixed_precision)
         result = RunResult(
             git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
             point=adapter.point, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
@@ -108,17 +117,6 @@ class Runner:
             self._save(result)  # after every task: a crash loses at most the task in flight
         return result
 
-    def _mdl(self, cond: conditions.Condition, task: TaskSpec, tick) -> Mdl:
-        """Online codelength of the training labels under this regime, with the first seed."""
-        restore = self.snapshot.restore if cond.encoder is not None else None
-        seed = self.seeds[0]
-        r = online_code(cond.inputs, task.probe, task.headline, seed, self.accelerator,
-                        encoder=cond.encoder, encoder_lr=self.resampler_lr, before_fit=restore,
-                        on_epoch=lambda epoch, val: tick(f"{cond.name} mdl", seed, epoch, val))
-        if restore:
-            restore()
-        return Mdl(codelength_bits=r.codelength_bits, uniform_bits=r.uniform_bits, compression=r.compression)
-
     def _failed(self, task: TaskSpec, error: Exception) -> TaskResult:
         text = str(error) if isinstance(error, SpatialbenchError) else f"{type(error).__name__}: {error}"
         if not isinstance(error, SpatialbenchError):
@@ -131,19 +129,35 @@ class Runner:
         return next(t for t in self.tasks if t.name == name)
 
     def _extract(self, store: FeatureStore, vision: FeatureStore | None, requests: list[Request]) -> ExtractionStats:
+        """Each unique image once: under `accelerate launch` each process extracts its own share."""
         unique = {(content_key, text): (content_key, text, loader) for content_key, text, loader in requests}
         images = {content_key: (content_key, None, loader) for content_key, _, loader in unique.values()}
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        share = lambda n: len(range(rank, n, world))  # noqa: E731
         start = time.perf_counter()
         if vision is not None:  # vision features first: prompts are then resampled from them
-            with self.reporter.extraction(len(images), "extracting vision features") as advance:
-                vision.ensure(images.values(), on_batch=advance)
-        with self.reporter.extraction(len(unique)) as advance:
-            store.ensure(unique.values(), on_batch=advance, vision=vision)
-        return ExtractionStats(images=len(images), prompts=len(unique), extracted=store.extracted, reused=store.reused,
-                               recomputed=store.recomputed + (vision.recomputed if vision else 0),
-                               failed=len(store.failed) + (len(vision.failed) if vision else 0),
-                               vision_extracted=vision.extracted if vision else 0,
+            with self.reporter.extraction(share(len(images)), "extracting vision features") as advance:
+                vision.ensure(images.values(), on_batch=advance, shard=(rank, world))
+            self._share_failures(vision)
+        with self.reporter.extraction(share(len(unique))) as advance:
+            store.ensure(unique.values(), on_batch=advance, vision=vision, shard=(rank, world))
+        self._share_failures(store)
+        counts = [[store.extracted, store.reused, store.recomputed + (vision.recomputed if vision else 0),
+                   vision.extracted if vision else 0]]
+        if world > 1:
+            counts = gather_object(counts)
+        extracted, reused, recomputed, vision_extracted = np.sum(counts, axis=0).tolist()
+        return ExtractionStats(images=len(images), prompts=len(unique), extracted=extracted, reused=reused,
+                               recomputed=recomputed, failed=len(store.failed) + (len(vision.failed) if vision else 0),
+                               vision_extracted=vision_extracted, by_process=[c[0] for c in counts],
                                seconds=time.perf_counter() - start)
+
+    def _share_failures(self, store: FeatureStore) -> None:
+        """Wait for every process's share of the cache; then all know every unreadable image."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.num_processes > 1:
+            for failed in gather_object([store.failed]):
+                store.failed.update(failed)
 
     def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, vision: FeatureStore | None,
                adapter: Adapter, load_seconds: float) -> TaskResult:
@@ -151,36 +165,16 @@ class Runner:
         inputs = build_inputs(task, data, store, adapter)
         vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
         plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot)
-        with_control = self.config.control and not task.implicit
-        with_mdl = self.config.mdl and not inputs.box
-        mdl_fits = len(default_blocks(len(inputs.splits["train"]))) - 1 if with_mdl else 0
-        extra = int(with_control) * len(self.seeds) + mdl_fits
-        epochs = sum(task.probe.epochs * (len(self.seeds) + (extra if c.role == "regime" else 0)) for c in plan)
+        probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
+        todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
+        with self.reporter.training(task.name, probing.epochs(todo)) as tick:
+            for cell in todo:
+                probing.fit(cell, tick)
+        self.accelerator.wait_for_everyone()  # every process's cells are on disk before anyone sums up
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
-        results, fits_of = {}, {}
-        with self.reporter.training(task.name, epochs) as tick:
-            for cond in plan:
-                fits, starts = conditions.run_condition(cond, task, self.seeds, self.accelerator, self.resampler_lr,
-                                                        self.snapshot, tick)
-                control_fits = control_sets = None
-                if with_control and cond.role == "regime":
-                    control_sets = [conditions.control_inputs(cond.inputs, inputs.shape.n_out, s) for s in self.seeds]
-                    control_fits = [conditions.run_condition(
-                        conditions.Condition(f"{cond.name} control", cond.role, c, cond.encoder), task, [seed],
-                        self.accelerator, self.resampler_lr, self.snapshot, tick)[0][0]
-                        for seed, c in zip(self.seeds, control_sets)]
-                results[cond.name] = conditions.summarise(cond, fits, starts, task, examples, clusters,
-                                                          control_fits, control_sets)
-                if with_mdl and cond.role == "regime":
-                    results[cond.name].mdl = self._mdl(cond, task, tick)
-                fits_of[cond.name] = fits
+        results, fits_of, comparisons = probing.summarise(examples, clusters)
         primary = next(c.name for c in plan if c.role == "regime")
-        comparisons = {}
-        if "frozen" in fits_of and "joint" in fits_of:
-            comparisons["joint_vs_frozen"] = conditions.paired(
-                "joint", "frozen", task.headline, conditions.item_scores(task.headline, fits_of["joint"], inputs),
-                conditions.item_scores(task.headline, fits_of["frozen"], inputs), clusters)
         predictions = self.out_dir / f"samples_{task.name}.jsonl"
         if self.accelerator.is_main_process:
             scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, TensorDataset
 
 from . import metrics
 from .probes import ProbeShape, box_loss, build_probe, to_box
@@ -74,6 +73,7 @@ class FitResult:
     seconds: float
     history: list[float] = field(default_factory=list)
     test_loss: float = float("nan")  # mean over the test split: cross-entropy in nats, or the box loss
+    start: str | None = None  # joint regime: digest of the resampler weights the fit started from
 
 
 def standardise(features: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
@@ -109,22 +109,20 @@ class _Batcher:
         return visual, query.to(self.device), mask, split.target[rows].to(self.device)
 
 
-def _predict(model, inputs: ProbeInputs, split: Split, accelerator: Accelerator, batch: _Batcher,
-             loss_fn) -> tuple[np.ndarray, float]:
+def _predict(model, inputs: ProbeInputs, split: Split, batch: _Batcher, loss_fn) -> tuple[np.ndarray, float]:
     """Predictions for a split, and the mean loss over it."""
-    loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(len(split))), batch_size=256))
     model.eval()
     if batch.encoder is not None:
         batch.encoder.eval()
-    outs, losses = [], []
+    outs, total = [], 0.0
     with torch.no_grad():
-        for (rows,) in loader:
+        for rows in torch.arange(len(split)).split(256):
             visual, query, mask, target = batch(split, rows)
-            raw = model(visual, query, mask)
-            out = to_box(raw) if inputs.box else raw.argmax(-1)
-            outs.append(accelerator.gather_for_metrics(out).cpu())
-            losses.append(accelerator.gather_for_metrics(loss_fn(raw, target).reshape(1) * len(rows)).sum().cpu())
-    return torch.cat(outs).numpy(), float(sum(losses) / len(split))
+            with batch.accelerator.autocast():
+                raw = model(visual, query, mask).float()
+            outs.append((to_box(raw) if inputs.box else raw.argmax(-1)).cpu())
+            total += float(loss_fn(raw, target)) * len(rows)
+    return torch.cat(outs).numpy(), total / max(len(split), 1)
 
 
 def fit(
@@ -137,19 +135,22 @@ def fit(
     encoder: Encoder | None = None,
     encoder_lr: float | None = None,
 ) -> FitResult:
-    """Train one probe (and the encoder, if given); keep the best validation epoch; predict the test split."""
+    """Train one probe (and the encoder, if given); keep the best validation epoch; predict the test split.
+
+    The probe trains whole on this process's device. Under `accelerate launch` the run hands each
+    process whole probes (cells) rather than splitting batches, so every fit computes exactly what a
+    single-process run computes; accelerate supplies the device and mixed precision.
+    """
     start = time.perf_counter()
     set_seed(seed)
-    model = build_probe(inputs.shape, spec)
+    model = build_probe(inputs.shape, spec).to(accelerator.device)
     groups = [{"params": list(model.parameters()), "lr": spec.lr}]
     if encoder is not None:
         groups.append({"params": list(encoder.parameters()), "lr": encoder_lr or spec.lr})
     optimiser = torch.optim.AdamW(groups, weight_decay=spec.weight_decay)
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=accelerator.mixed_precision == "fp16")
     train = inputs.splits["train"]
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(torch.arange(len(train))), batch_size=spec.batch_size, shuffle=True,
-                        generator=generator)
-    model, optimiser, loader = accelerator.prepare(model, optimiser, loader)
     batch = _Batcher(inputs, accelerator, encoder)
     loss_fn = (lambda raw, t: box_loss(to_box(raw), t)) if inputs.box else torch.nn.functional.cross_entropy
 
@@ -159,29 +160,30 @@ def fit(
         model.train()
         if encoder is not None:
             encoder.train()
-        for (rows,) in loader:
+        for rows in torch.randperm(len(train), generator=generator).split(spec.batch_size):
             visual, query, mask, target = batch(train, rows)
-            loss = loss_fn(model(visual, query, mask), target)
+            with accelerator.autocast():
+                loss = loss_fn(model(visual, query, mask).float(), target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"seed {seed}: loss became {loss.item()} at epoch {epoch}; lower the lr")
             optimiser.zero_grad()
-            accelerator.backward(loss)
-            optimiser.step()
-        pred, val_loss = _predict(model, inputs, inputs.splits["validation"], accelerator, batch, loss_fn)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+        pred, val_loss = _predict(model, inputs, inputs.splits["validation"], batch, loss_fn)
         val = score(headline, pred, inputs.splits["validation"], inputs.box)
         history.append(val)
         if on_epoch:
             on_epoch(epoch, val)
         if (val, -val_loss) > best:
             best, best_epoch = (val, -val_loss), epoch
-            best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+            best_state = copy.deepcopy(model.state_dict())
             best_encoder = copy.deepcopy(encoder.state_dict()) if encoder is not None else None
         elif epoch - best_epoch >= spec.patience:
             break
-    accelerator.unwrap_model(model).load_state_dict(best_state)
+    model.load_state_dict(best_state)
     if encoder is not None:
         encoder.load_state_dict(best_encoder)
-    test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], accelerator, batch, loss_fn)
-    accelerator.free_memory()
+    test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], batch, loss_fn)
     return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history,
                      test_loss)

@@ -86,6 +86,18 @@ def test_a_corrupt_entry_is_detected_and_extracted_again(tmp_path):
     assert torch.equal(again.load([("k1", None)])[0, 0], torch.tensor([1.0, 2.0, 3.0]))
 
 
+def test_a_flipped_byte_inside_the_tensor_is_detected_and_extracted_again(tmp_path):
+    store = FeatureStore(CountingAdapter(), tmp_path)
+    store.ensure(_images(3).items())
+    path = store.path(store.key("k2"))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # the file still parses; only the checksum can tell
+    path.write_bytes(bytes(data))
+    again = FeatureStore(CountingAdapter(), tmp_path)
+    again.ensure(_images(3).items())
+    assert again.recomputed == 1 and again.extracted == 1 and again.reused == 2
+
+
 def test_no_temporary_files_are_left_behind(tmp_path):
     FeatureStore(CountingAdapter(), tmp_path).ensure(_images(5).items())
     assert not list(tmp_path.rglob("*.tmp"))

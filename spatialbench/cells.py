@@ -1,0 +1,77 @@
+"""Finished probe fits ("cells": one task, condition and seed) kept on disk beside the results.
+
+A rerun with the same --output skips every cell already there, so a run killed at any moment loses
+at most the fits in flight. Under `accelerate launch` each process fits its share of the cells and
+all of them read the rest from here. A cell is reused only if its key matches: the key covers
+everything that changes the fit (checkpoint, task spec, data, limit, resampler lr, precision, seed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .train import FitResult
+
+
+class CellStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.reused = 0  # cells found finished on disk (a resumed run), so not fitted
+        self.fitted = 0
+
+    def path(self, task: str, name: str, seed: int) -> Path:
+        return self.root / task / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-seed{seed}.npz"
+
+    def _read(self, path: Path, key: str) -> tuple[dict, np.lib.npyio.NpzFile] | None:
+        try:
+            data = np.load(path, allow_pickle=False)
+            meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError, EOFError):  # missing, or left unreadable: fit it again
+            return None
+        return (meta, data) if meta.get("key") == key else None
+
+    def has(self, task: str, name: str, seed: int, key: str) -> bool:
+        return self._read(self.path(task, name, seed), key) is not None
+
+    def get(self, task: str, name: str, seed: int, key: str) -> FitResult | str | None:
+        """The fit, or the error it failed with, or None if the cell is not finished."""
+        found = self._read(self.path(task, name, seed), key)
+        if found is None:
+            return None
+        meta, data = found
+        if "error" in meta:
+            return meta["error"]
+        return FitResult(seed=seed, test_pred=data["test_pred"], best_epoch=meta["best_epoch"],
+                         epochs_run=meta["epochs_run"], val_score=meta["val_score"], seconds=meta["seconds"],
+                         history=meta["history"], test_loss=meta["test_loss"], start=meta.get("start"))
+
+    def put(self, task: str, name: str, key: str, fit: FitResult) -> None:
+        meta = {"key": key, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.val_score,
+                "seconds": fit.seconds, "history": fit.history, "test_loss": fit.test_loss, "start": fit.start}
+        buffer = io.BytesIO()
+        np.savez(buffer, test_pred=fit.test_pred, meta=np.array(json.dumps(meta)))
+        atomic_write(self.path(task, name, fit.seed), lambda p: p.write_bytes(buffer.getvalue()))
+        self.fitted += 1
+
+    def put_failed(self, task: str, name: str, seed: int, key: str, error: str) -> None:
+        """A cell whose fit failed for a reason another attempt would meet again (a NaN loss)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(json.dumps({"key": key, "error": error})))
+        atomic_write(self.path(task, name, seed), lambda p: p.write_bytes(buffer.getvalue()))
+        self.fitted += 1
+
+    def get_json(self, task: str, name: str, key: str) -> dict | None:
+        """A cell that is a small record rather than a fit (MDL)."""
+        found = self._read(self.path(task, name, 0), key)
+        return None if found is None else found[0]["value"]
+
+    def put_json(self, task: str, name: str, key: str, value: dict) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(json.dumps({"key": key, "value": value})))
+        atomic_write(self.path(task, name, 0), lambda p: p.write_bytes(buffer.getvalue()))

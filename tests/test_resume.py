@@ -1,0 +1,134 @@
+"""Crash safety: a run killed at any moment resumes to the same results; Ctrl-C keeps finished work;
+two processes (gloo, CPU) share the images and the probe fits and agree with one process."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spatialbench.results import read_results
+from spatialbench.runner import Runner
+from spatialbench.specs import RunConfig
+
+SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
+VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "device"}
+
+
+def _stable(value):
+    """A results dict without what legitimately differs between runs: wall times and provenance."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def _args(small_tasks, out, cache, *extra):
+    return ["run", "--model", "blip2-tiny", "--tasks", "small_grid,small_relation,small_vsr", "--seeds", "3",
+            "--device", "cpu", "--include-path", str(small_tasks), "--output", str(out), "--cache-dir", str(cache),
+            "--baselines", "blind", *extra]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+
+def _reference(small_tasks, tmp_path, **kw):
+    config = RunConfig(model="blip2-tiny", tasks=["small_grid,small_relation,small_vsr"], seeds=3, device="cpu",
+                       include_paths=[small_tasks], output=tmp_path / "reference", cache_dir=tmp_path / "cache",
+                       baselines=["blind"], **kw)
+    runner = Runner(config)
+    return runner.run().model_dump(mode="json")
+
+
+def _start_and_wait_for_cells(args, cells: Path, at_least: int) -> subprocess.Popen:
+    proc = subprocess.Popen([SPATIALBENCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(cells.rglob("*.npz"))) >= at_least:
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"the run never reached {at_least} finished cells:\n{proc.communicate()[0]}")
+
+
+def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small_tasks, tmp_path):
+    reference = _reference(small_tasks, tmp_path)
+    out = tmp_path / "out"
+    cells = out / "blip2-tiny" / "cells"
+    proc = _start_and_wait_for_cells(_args(small_tasks, out, tmp_path / "cache"), cells, at_least=4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(cells.rglob("*.npz"))
+    total = 3 * (3 + 3 + 2)  # seeds x (grid: frozen, blind, control; relation: the same; vsr: frozen, blind)
+    assert 4 <= len(finished) < total  # killed in the middle of the work
+    for path in finished:  # every file on disk is whole: written to a temporary file, fsynced, renamed
+        assert "meta" in np.load(path)
+    if (out / "blip2-tiny" / "results.json").exists():
+        read_results(out / "blip2-tiny" / "results.json")
+
+    rerun = subprocess.run([SPATIALBENCH, *_args(small_tasks, out, tmp_path / "cache")], env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(finished)} reused" in rerun.stderr  # the finished cells were not fitted again
+    resumed = read_results(out / "blip2-tiny" / "results.json").model_dump(mode="json")
+    assert _stable(resumed) == _stable(reference)
+
+
+def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small_tasks, tmp_path):
+    out = tmp_path / "out"
+    cells = out / "blip2-tiny" / "cells"
+    proc = _start_and_wait_for_cells(_args(small_tasks, out, tmp_path / "cache"), cells, at_least=2)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "Run the same command again to resume" in output
+    assert len(list(cells.rglob("*.npz"))) >= 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_share_the_work_and_agree_with_one(small_tasks, tmp_path):
+    reference = _reference(small_tasks, tmp_path, control=False)
+    out, cache = tmp_path / "out", tmp_path / "two-cache"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), SPATIALBENCH, *_args(small_tasks, out, cache, "--no-control")]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = read_results(out / "blip2-tiny" / "results.json")
+    ex = result.extraction
+    # Each image extracted exactly once in total, by one of the two processes; none dropped or padded.
+    assert len(ex.by_process) == 2 and all(n > 0 for n in ex.by_process)
+    assert sum(ex.by_process) == ex.extracted == ex.images
+    assert len(list((cache / "features").rglob("*.safetensors"))) == ex.images
+    # The probe cells were split between the processes; the results equal the single-process run's.
+    assert _stable(result.model_dump(mode="json")) == _stable(reference)
+    shutil.rmtree(out / "blip2-tiny" / "cells")
+
+
+def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(small_tasks, tmp_path):
+    reference = _reference(small_tasks, tmp_path, control=False)  # its own cache: tmp_path / "cache"
+    shared = tmp_path / "shared-cache"
+    procs = [subprocess.Popen([SPATIALBENCH, *_args(small_tasks, tmp_path / f"out{i}", shared, "--no-control")],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for i in range(2):
+        result = read_results(tmp_path / f"out{i}" / "blip2-tiny" / "results.json")
+        assert _stable(result.model_dump(mode="json")) == _stable(reference)
+    # One entry per image; none half-written, no temporary file left behind.
+    entries = list((shared / "features").rglob("*.safetensors"))
+    assert len(entries) == result.extraction.images
+    assert not [p for p in (shared / "features").rglob("*") if p.name.endswith(".tmp")]
