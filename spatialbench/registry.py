@@ -28,13 +28,24 @@ def builtin_dir(name: str) -> Path:
     raise SpatialbenchError(f"built-in {name}/ directory not found beside {package}")
 
 
+_FILES: dict[int, tuple[BaseModel, Path]] = {}  # id(spec) -> (spec, its YAML): later errors can name the file
+
+
 def load_spec(path: Path, model: type[T]) -> T:
     """One YAML file as a validated spec; every problem names the file and the field."""
     data = read_with_includes(path)
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as e:
         raise from_validation_error(e, str(path)) from None
+    _FILES[id(spec)] = (spec, Path(path))  # the spec is kept alive, so its id is never reused
+    return spec
+
+
+def spec_file(spec: BaseModel) -> Path | None:
+    """The YAML file `spec` was loaded from by load_spec; None for a spec built in code."""
+    entry = _FILES.get(id(spec))
+    return entry[1] if entry is not None and entry[0] is spec else None
 
 
 def _yaml_files(dirs: list[Path]) -> list[Path]:

@@ -134,8 +134,10 @@ class RunResult(Strict):
 def read_results(path: Path) -> RunResult:
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, bad UTF-8, an int past Python's digit limit
         raise SpatialbenchError(f"not a readable JSON file: {e}", file=str(path)) from None
+    except RecursionError:
+        raise SpatialbenchError("not a readable JSON file: nested too deeply", file=str(path)) from None
     try:
         return RunResult.model_validate(data)
     except ValidationError as e:

@@ -49,6 +49,13 @@ class ProbeSpec(Strict):
             raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
         return self
 
+    @model_validator(mode="after")
+    def _finite(self) -> ProbeSpec:
+        infinite = [name for name in ("lr", "weight_decay") if getattr(self, name) == float("inf")]
+        if infinite:
+            raise ValueError(f"{' and '.join(infinite)} must be finite (got .inf): training would only produce NaN")
+        return self
+
 
 class SyntheticDataset(Strict):
     """Seeded synthetic scenes: shapes of several colours with exact boxes and relations.

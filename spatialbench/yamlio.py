@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,38 @@ from .errors import SpatialbenchError
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently, and reports a value its
+    converters cannot take (a date-like or !!tagged scalar: ValueError, KeyError, ...) with its line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a converter raises becomes a located YAML error
+            value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) and len(node.value) <= 60 else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value{value} as {node.tag.rpartition(':')[2]} ({type(e).__name__}: {e})",
+                node.start_mark) from None
 
 
 def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
+    """A key written twice in one mapping is refused; keys merged in with `<<: *anchor` may be overridden."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:  # a list or mapping used as a key
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)  # handles `<<` merges; explicit keys win over merged ones
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
@@ -42,7 +62,14 @@ def read_yaml(path: Path) -> dict:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(e, "problem", None) or str(e)
         fix = "YAML indents with spaces only: replace the tabs" if "\t" in text and "\\t" in str(problem) else None
+        if str(problem).startswith("cannot read the value"):
+            fix = "quote the value to keep it a string (e.g. '2020-13-45'), or correct it"
         raise SpatialbenchError(f"invalid YAML: {problem}", file=str(path), field=where, fix=fix) from None
+    except RecursionError:
+        raise SpatialbenchError("invalid YAML: nested too deeply", file=str(path)) from None
+    except Exception as e:  # noqa: BLE001 - a safety net: converters are caught in construct_object above
+        raise SpatialbenchError(f"invalid YAML value ({type(e).__name__}: {e})", file=str(path),
+                                fix="quote the value to keep it a string (e.g. '2020-13-45'), or correct it") from None
     if not isinstance(data, dict):
         raise SpatialbenchError(
             f"expected a mapping of keys to values, got {type(data).__name__}", file=str(path)
@@ -62,7 +89,10 @@ def _merge(base: dict, override: dict) -> dict:
 
 def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     """Read `path`; an `include:` (file or list of files, relative to it) is merged underneath."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise SpatialbenchError(f"cannot resolve the path: {e}", file=str(path)) from None
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))
         raise SpatialbenchError(f"include cycle: {cycle}", file=str(path), field="include")
@@ -77,7 +107,7 @@ def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for name in includes:
         target = path.parent / name
-        if not target.is_file():
+        if not os.path.isfile(target):  # False, not an exception, for names too long or with a NUL
             raise SpatialbenchError(f"included file not found: {target}", file=str(path), field="include")
         merged = _merge(merged, read_with_includes(target, (*_chain, path)))
     return _merge(merged, data)

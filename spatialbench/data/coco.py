@@ -2,6 +2,10 @@
 
 Derivation, per source split (e.g. ``instances_train2017.json`` with the images of ``train2017/``):
 
+- **Boxes.** A box with a non-finite value or a negative width or height, or one reaching more than 2%
+  past its image's edge, makes the file invalid: the error names the annotation id, the file and the
+  field (such a box means a corrupt file, another box format, or images paired with the wrong file).
+  A zero-size box is never a probe object (it is below any ``min_area``); a loader warning counts them.
 - **Objects.** An annotation is kept when it is not a crowd region, its category occurs exactly once
   among *all* the image's annotations (crowd and small ones included, so the category name alone picks
   out one object), and its box area w*h is at least ``min_area`` of the image area.
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -44,6 +50,8 @@ from .examples import Box, Example, TaskData
 from .images import FileImages, require_files
 from .registry import DataContext, register_source
 from .synthetic import RELATIONS, relation
+
+log = logging.getLogger(__name__)
 
 LOADER_VERSION = 1  # bump when example construction changes, so caches keyed on fingerprints miss
 DEFAULT_SPLITS = {"train": "train2017", "validation": "train2017", "test": "val2017"}
@@ -121,7 +129,7 @@ def _parse(raw: object, file: str) -> Instances:
     for i, im in enumerate(raw["images"]):
         try:
             info = ImageInfo(int(im["id"]), str(im["file_name"]), int(im["width"]), int(im["height"]))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise bad(f"images[{i}]", f"needs id, file_name, width and height ({type(e).__name__}: {e})") from None
         if info.width <= 0 or info.height <= 0:
             raise bad(f"images[{i}]", f"image size must be positive, got {info.width}x{info.height}")
@@ -130,7 +138,7 @@ def _parse(raw: object, file: str) -> Instances:
     for i, c in enumerate(raw["categories"]):
         try:
             categories.append((int(c["id"]), str(c["name"]), str(c.get("supercategory", ""))))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise bad(f"categories[{i}]", f"needs id and name ({type(e).__name__}: {e})") from None
     categories.sort()
     known = {cid for cid, _, _ in categories}
@@ -140,15 +148,34 @@ def _parse(raw: object, file: str) -> Instances:
             x, y, w, h = (float(v) for v in a["bbox"])
             ann = Annotation(int(a["id"]), int(a["image_id"]), (x, y, w, h), int(a["category_id"]),
                              bool(a.get("iscrowd", 0)))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise bad(f"annotations[{i}]", f"needs id, image_id, bbox [x, y, w, h] and category_id "
                                            f"({type(e).__name__}: {e})") from None
         if ann.image_id not in images:
             raise bad(f"annotations[{i}].image_id", f"image {ann.image_id} is not in images")
         if ann.category_id not in known:
             raise bad(f"annotations[{i}].category_id", f"category {ann.category_id} is not in categories")
+        _check_box(ann, images[ann.image_id], f"annotations[{i}].bbox", file)
         annotations.append(ann)
     return Instances(images, annotations, categories)
+
+
+EDGE_SLACK = 0.02  # a box may reach this fraction of the image side past an edge (rounding), no more
+
+
+def _check_box(ann: Annotation, info: ImageInfo, field: str, file: str) -> None:
+    """Refuse a box no correct COCO file holds: not finite, negative size, or well outside its image."""
+    x, y, w, h = ann.bbox
+    shown = f"annotation {ann.id}: box [x, y, w, h] = {list(ann.bbox)}"
+    fix = "boxes are COCO's [x, y, w, h] in pixels of the image they annotate; re-download or correct the file"
+    if not all(math.isfinite(v) for v in ann.bbox):
+        raise SpatialbenchError(f"{shown} is not finite", file=file, field=field, fix=fix)
+    if w < 0 or h < 0:
+        raise SpatialbenchError(f"{shown} has a negative width or height", file=file, field=field, fix=fix)
+    W, H = info.width, info.height
+    if x < -EDGE_SLACK * W or y < -EDGE_SLACK * H or x + w > (1 + EDGE_SLACK) * W or y + h > (1 + EDGE_SLACK) * H:
+        raise SpatialbenchError(f"{shown} reaches past the {W}x{H} image {info.file_name}", file=file, field=field,
+                                fix=fix)
 
 
 def normalised(bbox: tuple[float, float, float, float], width: int, height: int) -> Box:
@@ -264,7 +291,12 @@ def load(task: TaskSpec, ctx: DataContext) -> TaskData:
     splits = split_sources(task)
     loaded: dict[str, Instances] = {}
     for source in dict.fromkeys(splits.values()):
-        loaded[source] = read_instances(ctx.path(ds.instances, "dataset.instances", split=source))
+        file = ctx.path(ds.instances, "dataset.instances", split=source)
+        loaded[source] = read_instances(file)
+        empty = [a.id for a in loaded[source].annotations if a.bbox[2] == 0 or a.bbox[3] == 0]
+        if empty:
+            log.warning("%s: %d annotation(s) in %s have a zero-size box and are not probe objects (ids %s%s)",
+                        task.name, len(empty), file, empty[:5], ", ..." if len(empty) > 5 else "")
     vocab = [[name for _, name, _ in inst.categories] for inst in loaded.values()]
     if any(v != vocab[0] for v in vocab):
         raise SpatialbenchError(f"the instances files of {list(loaded)} list different categories, so a "

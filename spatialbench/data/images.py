@@ -18,31 +18,46 @@ HOW_TO_GET_COCO = (
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Decode one image to 8-bit RGB, whatever its mode (L, RGBA, CMYK, 16-bit, palette)."""
+    """Decode one image to 8-bit RGB, whatever its mode (L, RGBA, CMYK, 16-bit, palette).
+
+    The size is checked from the header, before any pixel is decoded: a larger image is refused as a
+    decompression bomb whatever PIL's own limit is set to (some libraries switch it off).
+    """
+    bomb_fix = "a genuine photo this large must be downscaled first; otherwise replace the file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise SpatialbenchError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel guard",
-                                            file=str(path))
+                    raise SpatialbenchError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel "
+                                            "decompression-bomb guard", file=str(path), fix=bomb_fix)
                 img.load()
                 # No EXIF rotation: COCO boxes are in the stored pixel frame, and so are our targets.
                 return _to_rgb(img)
     except SpatialbenchError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise SpatialbenchError(f"cannot decode image: {e}", file=str(path),
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SpatialbenchError(f"image refused by the decompression-bomb guard: {e}", file=str(path),
+                                fix=bomb_fix) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        why = "the file is empty (0 bytes): an interrupted download or copy?" if _is_empty(path) else e
+        raise SpatialbenchError(f"cannot decode image: {why}", file=str(path),
                                 fix="re-download or replace the file") from None
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, do not clip
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: 0..65535 maps linearly onto 0..255
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        img = Image.fromarray((arr / top * 255.0).round().astype("uint8"), mode="L")
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)  # mode I (32-bit) is clipped to 16 bits
+        img = Image.fromarray((arr * (255.0 / 65535.0)).round().astype("uint8"), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -63,9 +78,13 @@ class FileImages:
     def content_key(self, image_id: str) -> str:
         if image_id not in self._keys:
             h = hashlib.sha256()
+            size = 0
             with open(self.paths[image_id], "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
+                    size += len(chunk)
+            if size == 0:  # empty files all share one digest: key them by path, so each failure names its own file
+                h.update(f"empty file {Path(self.paths[image_id]).resolve()}".encode())
             self._keys[image_id] = h.hexdigest()
         return self._keys[image_id]
 

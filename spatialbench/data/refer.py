@@ -8,7 +8,9 @@ is rejected before any of it runs.
 One example per sentence: uid "<ref_id>:<sent_id>", query = the sentence's ``sent`` text, target =
 the referred annotation's box normalised by the image size, (x/W, y/H, (x+w)/W, (y+h)/H), not clipped,
 so target x image_size gives back the COCO box (a box reaching more than 2% past the image edge is
-refused: it means mismatched files or a box in another format). groups = {"category": its COCO name}.
+refused: it means mismatched files or a box in another format; so is a box that is not finite or has a
+negative width or height; a ref whose box has zero area is skipped, and a warning counts them).
+groups = {"category": its COCO name}.
 image_id is the COCO file name from instances.json (the ``file_name`` of a ref carries an extra
 _<ann_id> suffix and names no real file). Splits come from each ref's ``split`` field (unc:
 train/val/testA/testB; umd: train/val/test; google: train/val, and test for RefCOCO), selected by the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -156,6 +159,9 @@ def _hub_ref(row: dict[str, Any], hub_split: str, i: int, hub_id: str) -> Ref:
     bbox, column = (ann["bbox"], "raw_anns.bbox") if ann.get("bbox") else (row.get("bbox"), "bbox")
     if not name or not bbox or len(bbox) != 4:
         raise ValueError("needs an image file name (raw_image_info, image_path or file_name) and a bbox [x, y, w, h]")
+    box = tuple(float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in box) or box[2] < 0 or box[3] < 0:
+        raise ValueError(f"{column} {list(bbox)} must be finite, with a width and height of at least 0")
     width, height = row.get("width") or info.get("width"), row.get("height") or info.get("height")
     texts = row.get("sentences") or row.get("captions") or []
     sentences = []
@@ -169,7 +175,7 @@ def _hub_ref(row: dict[str, Any], hub_split: str, i: int, hub_id: str) -> Ref:
     category = category or COCO_CATEGORY_NAMES.get(row.get("category_id") or ann.get("category_id"), "unknown")
     ref_id = row.get("ref_id")
     return Ref(str(row.get("split") or hub_split), str(ref_id) if ref_id is not None else f"{hub_split}-{i}",
-               str(name), tuple(float(v) for v in bbox), (int(width), int(height)) if width and height else None,
+               str(name), box, (int(width), int(height)) if width and height else None,
                category, sentences, f"{hub_id} [{hub_split}] row {i}: {column}")
 
 
@@ -192,7 +198,7 @@ def _hub_refs(ds: ReferDataset) -> list[Ref]:
         for i, row in enumerate(table):
             try:
                 out.append(_hub_ref(row, hub_split, i, ds.hub_id))
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, OverflowError) as e:
                 raise SpatialbenchError(f"row {i}: {e}", file=ds.hub_id, field=hub_split,
                                         fix="use a mirror with the REFER fields, or the REFER files") from None
     return out
@@ -249,7 +255,7 @@ def load(task: TaskSpec, ctx: DataContext) -> TaskData:
             try:
                 with Image.open(paths[r.file_name]) as img:  # the header only; boxes are in stored-pixel frame
                     sizes[r.file_name] = img.size
-            except OSError as e:
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 raise SpatialbenchError(f"cannot read the image size: {e}", file=str(paths[r.file_name]),
                                         fix="re-download the image, or use a mirror that gives width/height") from None
         size = r.size or sizes[r.file_name]

@@ -102,27 +102,29 @@ def _split_candidates(name: str) -> tuple[str, ...]:
 
 
 def _parse_row(raw: object, where: str, uid: str) -> VsrRow:
-    def bad(message: str) -> SpatialbenchError:
-        return SpatialbenchError(message, file=where, fix="use the VSR jsonl files unchanged "
-                                                          "(github.com/cambridgeltl/visual-spatial-reasoning)")
+    def bad(message: str, field: str | None = None) -> SpatialbenchError:
+        return SpatialbenchError(message, file=where, field=field, fix="use the VSR jsonl files unchanged "
+                                 "(github.com/cambridgeltl/visual-spatial-reasoning)")
 
     if not isinstance(raw, dict):
         raise bad(f"a row must be a JSON object, got {type(raw).__name__}")
     missing = [f for f in FIELDS if raw.get(f) is None]
     if missing:
-        raise bad(f"row lacks {missing}")
+        raise bad(f"row lacks {missing}", missing[0])
     image, link, caption, label, relation = (raw[f] for f in FIELDS)
-    if not all(isinstance(v, str) for v in (image, link, caption, relation)):
-        raise bad("image, image_link, caption and relation must be strings")
+    wrong = [f for f in ("image", "image_link", "caption", "relation") if not isinstance(raw[f], str)]
+    if wrong:
+        raise bad("image, image_link, caption and relation must be strings", wrong[0])
     if isinstance(label, bool) or label not in (0, 1):
-        raise bad(f"label must be 0 or 1, got {label!r}")
+        raise bad(f"label must be 0 or 1 (false / true), got {label!r}", "label")
     url = urlparse(link)
     parent, _, name = url.path.rpartition("/")
     folder = parent.rpartition("/")[2]
     if url.scheme not in ("http", "https") or folder not in FOLDERS:
-        raise bad(f"image_link {link!r} is not an http(s) URL ending in /train2017/<file> or /val2017/<file>")
+        raise bad(f"image_link {link!r} is not an http(s) URL ending in /train2017/<file> or /val2017/<file>",
+                  "image_link")
     if not image or image != name or image.startswith(".") or "\\" in image:  # name has no "/": it follows the last one
-        raise bad(f"image {image!r} must be a plain file name, the last part of image_link {link!r}")
+        raise bad(f"image {image!r} must be a plain file name, the last part of image_link {link!r}", "image")
     return VsrRow(uid, image, folder, link, caption, int(label), relation)
 
 
