@@ -251,6 +251,10 @@ def validate(
     out.print(f"[green]✓[/green] {checked} file(s) valid")
 
 
+from .leaderboard.commands import app as leaderboard_app  # the sub-app only reads results files
+app.add_typer(leaderboard_app, name="leaderboard")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,59 @@
+"""`leaderboard build`: the files of the site, the data embedded safely, invalid files refused."""
+
+import json
+import re
+
+from typer.testing import CliRunner
+
+from spatialbench.cli import app
+from spatialbench.leaderboard.build import ASSETS, DATA_GLOBAL, data_script, script_json
+
+from .helpers import TASKS, fixture_data, write
+
+cli = CliRunner()
+
+
+def build(*args):
+    return cli.invoke(app, ["leaderboard", "build", *map(str, args), "--include-path", str(TASKS)],
+                      env={"COLUMNS": "300"})
+
+
+def _data_js(text: str) -> dict:
+    """Undo data.js: `window.X = JSON.parse("<JSON string literal>");` (a JSON string literal is valid JS)."""
+    match = re.fullmatch(rf"window\.{DATA_GLOBAL} = JSON\.parse\((.*)\);\n", text, re.DOTALL)
+    assert match, text[:200]
+    return json.loads(json.loads(match.group(1)))
+
+
+def test_build_writes_a_self_contained_site(results, tmp_path):
+    out = tmp_path / "site"
+    result = build(*results, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "6 rows (3 models x regimes and baselines), 3 tasks" in result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ASSETS, "data.js", "data.json"])
+    data = json.loads((out / "data.json").read_text())
+    assert _data_js((out / "data.js").read_text()) == data
+    assert [s["file"] for s in data["sources"]] == [str(p) for p in results]
+    html = (out / "index.html").read_text()
+    # Local files only: nothing for the browser to fetch from the network, and the data by <script src>
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert '<script src="data.js"></script>' in html and "fetch(" not in (out / "app.js").read_text()
+
+
+def test_build_refuses_an_invalid_file_naming_file_and_field(results, tmp_path):
+    data = fixture_data("kosmos2-tiny")
+    data["tasks"]["tiny_vsr"]["n"]["test"] = 3
+    bad = write(tmp_path / "bad" / "results.json", data)
+    out = tmp_path / "site"
+    result = build(*results, bad, "--out", out)
+    assert result.exit_code == 1
+    assert f"{bad}: tasks.tiny_vsr.n.test: 3 examples" in result.output
+    assert "refusing to build" in result.output and not out.exists()
+
+
+def test_embedded_strings_cannot_end_the_script():
+    nasty = {"name": "</script><script>alert(1)</script>", "sep": "a\u2028b\u2029c", "amp": "&lt;<!--"}
+    js = data_script(nasty)
+    assert "<" not in js and ">" not in js and "&" not in js and "\u2028" not in js and "\u2029" not in js
+    assert _data_js(js) == nasty
+    assert json.loads(script_json(nasty)) == nasty
