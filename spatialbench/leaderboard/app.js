@@ -65,6 +65,14 @@
     };
   }
 
+  // Per task: the paired difference with its 95% CI and p-value, for a summary cell's tooltip.
+  function pairedTitle(what, tasks, byTask) {
+    return tasks.filter((t) => byTask[t.name]).map((t) => {
+      const p = byTask[t.name];
+      return t.name + ": " + what + " " + signed(p.diff) + " [" + fmt(p.lo) + ", " + fmt(p.hi) + "], p " + fmt(p.p);
+    }).join("\n");
+  }
+
   function columns(tasks) {
     const cols = [
       { key: "rank", label: "#", nosort: true },
@@ -174,9 +182,11 @@
     tr.appendChild(el("td", s.win === null ? "–" : Math.round(s.win * 100) + "%", "summary"));
     const gap = el("td", signed(s.gap), "summary");
     if (s.gapN) gap.appendChild(el("span", s.gapSig + "/" + s.gapN + " tasks", "ci"));
+    if (s.gapN) gap.title = pairedTitle("joint − frozen", tasks, model.gap);
     tr.appendChild(gap);
     const sel = el("td", signed(s.sel), "summary");
     if (s.selN) sel.appendChild(el("span", s.selN + " tasks", "ci"));
+    if (s.selN) sel.title = pairedTitle("task − control", tasks, row.selectivity);
     tr.appendChild(sel);
     return tr;
   }

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -57,3 +59,11 @@ def test_embedded_strings_cannot_end_the_script():
     assert "<" not in js and ">" not in js and "&" not in js and "\u2028" not in js and "\u2029" not in js
     assert _data_js(js) == nasty
     assert json.loads(script_json(nasty)) == nasty
+
+
+def test_the_leaderboard_reads_results_without_the_runner_trainer_or_torch():
+    code = ("import sys, spatialbench.leaderboard.commands, spatialbench.leaderboard.build; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'accelerate') "
+            "or m in ('spatialbench.runner', 'spatialbench.train', 'spatialbench.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,9 @@ install them. Playwright drives the system browser: nothing is downloaded.
 """
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -87,10 +89,19 @@ def test_the_page_renders_every_row_with_no_console_errors(page, site, tmp_path)
                                                                     "task:tiny_vsr"]
     assert page.page.text_content("#count") == "6 of 6 rows"
     assert "chance" in page.page.text_content('th[data-key="task:tiny_vsr"]')
+    # the gap column: mean over tasks, and per task its diff with CI and p-value in the tooltip
+    gap = data["models"][0]["gap"]["tiny_relation"]
+    at = page.rows().index(("blip2-tiny", "joint"))
+    title = page.page.locator("#board tbody tr").nth(at).locator("td").nth(-2).get_attribute("title")
+    assert f"tiny_relation: joint − frozen {gap['diff']:+.3f} [{gap['lo']:.3f}, {gap['hi']:.3f}]" in title
     shot = tmp_path / "leaderboard.png"
     page.page.screenshot(path=str(shot), full_page=True)
-    print(f"\nscreenshot of the test page: {shot}")
+    print(f"\nscreenshot of the test page: {shot}")  # shown with -s or -rP; pytest keeps tmp_path afterwards
     assert shot.stat().st_size > 10_000
+    if os.environ.get("SPATIALBENCH_TEST_ARTIFACTS"):  # CI: a folder it uploads
+        artifacts = Path(os.environ["SPATIALBENCH_TEST_ARTIFACTS"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, artifacts / shot.name)
     assert page.errors == [] and page.dialogs == []
 
 

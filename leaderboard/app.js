@@ -1,0 +1,296 @@
+/* spatialbench leaderboard: the table, sorting, filters and search, in plain JavaScript.
+ * Every string that comes from a results file reaches the page through textContent, new Option() or
+ * setAttribute, never as markup: a model called "<img src=x onerror=alert(1)>" is shown as those characters. */
+(function () {
+  "use strict";
+  performance.mark("leaderboard-start");  // data.js has run: the benchmark splits load time from render time
+  const DATA = window.SPATIALBENCH_LEADERBOARD;
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+
+  if (!DATA || !Array.isArray(DATA.rows)) {
+    $("notes").appendChild(el("p", "data.js is missing or empty: rebuild with `spatialbench leaderboard build`."));
+    return;
+  }
+
+  const models = DATA.models;
+  const conditionRank = new Map(DATA.conditions.map((c, i) => [c, i]));
+  const rowText = DATA.rows.map((r) => {
+    const m = models[r.model];
+    return [m.name, m.family, m.checkpoint, r.condition].join(" ").toLowerCase();
+  });
+  const state = { sortKey: "average", sortDir: -1, family: "", condition: "", group: "", search: "",
+                  normalise: false, selected: -1 };
+
+  const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
+  const signed = (x) => (x === null || x === undefined ? "–" : (x > 0 ? "+" : "") + x.toFixed(3));
+
+  function mean(values) {
+    const v = values.filter((x) => x !== null && x !== undefined);
+    return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+  }
+
+  function norm(x, chance) {
+    if (x === null || x === undefined || chance === null || chance === undefined || chance >= 1) return null;
+    return (x - chance) / (1 - chance);
+  }
+
+  // The number a task cell shows (and sorts by): raw, or chance-normalised.
+  const shown = (cell, x) => (state.normalise ? norm(x, cell.chance) : x);
+
+  function visibleTasks() {
+    return DATA.tasks.filter((t) => !state.group || t.groups.includes(state.group));
+  }
+
+  // Averages over the shown task columns, so a task-group filter gives that group's averages.
+  function stats(row, tasks) {
+    const cells = tasks.map((t) => row.cells[t.name]).filter(Boolean);
+    const gapOf = row.role === "regime" ? models[row.model].gap : {};  // the gap is the model's, shown on its regimes
+    const gaps = tasks.map((t) => gapOf[t.name]).filter(Boolean);
+    const sel = tasks.map((t) => row.selectivity[t.name]).filter(Boolean);
+    return {
+      average: mean(cells.map((c) => shown(c, c.mean))),
+      win: mean(cells.map((c) => c.win)),
+      gap: mean(gaps.map((g) => g.diff)),
+      gapSig: gaps.filter((g) => g.lo > 0 || g.hi < 0).length,
+      gapN: gaps.length,
+      sel: mean(sel.map((s) => s.diff)),
+      selN: sel.length,
+    };
+  }
+
+  // Per task: the paired difference with its 95% CI and p-value, for a summary cell's tooltip.
+  function pairedTitle(what, tasks, byTask) {
+    return tasks.filter((t) => byTask[t.name]).map((t) => {
+      const p = byTask[t.name];
+      return t.name + ": " + what + " " + signed(p.diff) + " [" + fmt(p.lo) + ", " + fmt(p.hi) + "], p " + fmt(p.p);
+    }).join("\n");
+  }
+
+  function columns(tasks) {
+    const cols = [
+      { key: "rank", label: "#", nosort: true },
+      { key: "model", label: "model", text: true, value: (r) => models[r.model].name.toLowerCase() },
+      { key: "family", label: "family", text: true, value: (r) => models[r.model].family.toLowerCase() },
+      { key: "condition", label: "regime / baseline", text: true, value: (r) => conditionRank.get(r.condition) },
+    ];
+    for (const t of tasks) {
+      const [lo, hi] = t.chance || [null, null];  // a range when files disagree (--limit runs)
+      const chance = lo === null ? "?" : lo === hi ? fmt(lo) : fmt(lo) + "–" + fmt(hi);
+      cols.push({
+        key: "task:" + t.name, task: t, label: t.name,
+        sub: (t.headline || "?") + " · chance " + (state.normalise ? "0" : chance),
+        title: t.name + " (" + t.kind + (t.version ? ", v" + t.version : "") + "; groups: " + t.groups.join(", ") +
+               "): headline " + (t.headline || "?") + ", chance " + chance,
+        value: (r) => (r.cells[t.name] ? shown(r.cells[t.name], r.cells[t.name].mean) : null),
+      });
+    }
+    cols.push(
+      { key: "average", label: "avg", sub: "over shown tasks", value: (r, s) => s.average, summary: true },
+      { key: "win", label: "win rate", sub: "mean over tasks", value: (r, s) => s.win, summary: true },
+      { key: "gap", label: "Δ joint − frozen", sub: "mean; CI excl. 0", value: (r, s) => s.gap, summary: true },
+      { key: "sel", label: "selectivity", sub: "task − control", value: (r, s) => s.sel, summary: true },
+    );
+    return cols;
+  }
+
+  function visibleRows(tasks) {
+    const words = state.search.toLowerCase().split(/\s+/).filter(Boolean);
+    const out = [];
+    DATA.rows.forEach((r, i) => {
+      if (state.family && models[r.model].family !== state.family) return;
+      if (state.condition && r.condition !== state.condition) return;
+      if (words.some((w) => !rowText[i].includes(w))) return;
+      if (state.group && !tasks.some((t) => r.cells[t.name] || models[r.model].failed[t.name])) return;
+      out.push(i);
+    });
+    return out;
+  }
+
+  // Missing values sort last in either direction; ties fall back to model name, then condition.
+  function sortRows(indices, col, statsOf) {
+    const dir = state.sortDir;
+    const keyed = indices.map((i) => [col.value(DATA.rows[i], statsOf[i]), i]);
+    keyed.sort((a, b) => {
+      const [va, ia] = a, [vb, ib] = b;
+      const na = va === null || va === undefined, nb = vb === null || vb === undefined;
+      if (na !== nb) return na ? 1 : -1;
+      if (!na && va !== vb) return (va < vb ? -1 : 1) * dir;
+      const ra = DATA.rows[ia], rb = DATA.rows[ib];
+      const ma = models[ra.model].name, mb = models[rb.model].name;
+      if (ma !== mb) return ma < mb ? -1 : 1;
+      return conditionRank.get(ra.condition) - conditionRank.get(rb.condition);
+    });
+    return keyed.map((k) => k[1]);
+  }
+
+  function renderHead(cols) {
+    const tr = el("tr");
+    for (const c of cols) {
+      const th = el("th", c.label, (c.text ? "text" : "") + (c.nosort ? " nosort" : ""));
+      th.dataset.key = c.key;
+      if (!c.nosort) th.tabIndex = 0;  // sortable from the keyboard too (Enter)
+      if (c.sub) th.appendChild(el("span", c.sub, "sub"));
+      if (c.title) th.title = c.title;
+      if (c.key === state.sortKey) th.setAttribute("aria-sort", state.sortDir < 0 ? "descending" : "ascending");
+      tr.appendChild(th);
+    }
+    $("board").tHead.replaceChildren(tr);
+  }
+
+  function taskCell(row, t) {
+    const cell = row.cells[t.name];
+    if (!cell) {
+      const failed = models[row.model].failed[t.name];
+      const td = el("td", failed ? "failed" : "–", failed ? "failed" : "");
+      if (failed) td.title = failed;
+      return td;
+    }
+    const td = el("td", fmt(shown(cell, cell.mean)));
+    td.appendChild(el("span", fmt(shown(cell, cell.lo)) + "–" + fmt(shown(cell, cell.hi)), "ci"));
+    td.title = t.name + ": " + fmt(cell.mean) + " [" + fmt(cell.lo) + ", " + fmt(cell.hi) + "], chance " +
+      fmt(cell.chance) + (cell.win !== null ? ", beats " + Math.round(cell.win * 100) + "% of the other rows" : "");
+    return td;
+  }
+
+  function renderRow(i, rank, tasks, s) {
+    const row = DATA.rows[i], model = models[row.model];
+    const tr = el("tr", null, row.role === "baseline" ? "baseline" : "regime");
+    tr.dataset.row = String(i);
+    tr.tabIndex = 0;
+    if (i === state.selected) tr.classList.add("selected");
+    tr.appendChild(el("td", rank));
+    const name = el("td", model.name, "text model");
+    if (row.limited) {
+      const badge = el("span", "limit", "badge");
+      badge.title = "testing-only --limit run: not comparable";
+      name.appendChild(badge);
+    }
+    tr.appendChild(name);
+    tr.appendChild(el("td", model.family, "text family"));
+    const cond = el("td", null, "text condition");
+    cond.appendChild(el("span", row.condition, "cond cond-" + (row.role === "baseline" ? "baseline" : row.condition)));
+    tr.appendChild(cond);
+    for (const t of tasks) tr.appendChild(taskCell(row, t));
+    tr.appendChild(el("td", fmt(s.average), "summary"));
+    tr.appendChild(el("td", s.win === null ? "–" : Math.round(s.win * 100) + "%", "summary"));
+    const gap = el("td", signed(s.gap), "summary");
+    if (s.gapN) gap.appendChild(el("span", s.gapSig + "/" + s.gapN + " tasks", "ci"));
+    if (s.gapN) gap.title = pairedTitle("joint − frozen", tasks, model.gap);
+    tr.appendChild(gap);
+    const sel = el("td", signed(s.sel), "summary");
+    if (s.selN) sel.appendChild(el("span", s.selN + " tasks", "ci"));
+    if (s.selN) sel.title = pairedTitle("task − control", tasks, row.selectivity);
+    tr.appendChild(sel);
+    return tr;
+  }
+
+  // The first rows go in at once; the rest follow in chunks, so a board of a thousand rows shows in a blink
+  // and stays responsive. A newer render (a click, a keystroke) abandons an older one's remaining chunks.
+  const FIRST = 100, CHUNK = 250;
+  let rendered = false, generation = 0;
+
+  function appendRows(body, order, from, to, tasks, statsOf) {
+    const frag = document.createDocumentFragment();
+    for (let k = from; k < Math.min(to, order.length); k++) {
+      frag.appendChild(renderRow(order[k], k + 1, tasks, statsOf[order[k]]));
+    }
+    body.appendChild(frag);
+  }
+
+  function render() {
+    const tasks = visibleTasks();
+    const cols = columns(tasks);
+    const col = cols.find((c) => c.key === state.sortKey) || cols.find((c) => c.key === "average");
+    state.sortKey = col.key;
+    const statsOf = {};
+    const indices = visibleRows(tasks);
+    for (const i of indices) statsOf[i] = stats(DATA.rows[i], tasks);
+    const order = sortRows(indices, col, statsOf);
+    renderHead(cols);
+    const body = $("board").tBodies[0];
+    const gen = ++generation;
+    body.replaceChildren();
+    appendRows(body, order, 0, FIRST, tasks, statsOf);
+    $("count").textContent = order.length + " of " + DATA.rows.length + " rows";
+    const first = !rendered;
+    if (first) {
+      rendered = true;
+      performance.mark("leaderboard-rendered");  // the benchmark reads these marks
+      document.documentElement.dataset.rendered = "1";
+      // After the next frame: style, layout and paint of those rows are done too.
+      requestAnimationFrame(() => setTimeout(() => performance.mark("leaderboard-painted"), 0));
+    }
+    let next = FIRST;
+    const more = () => {
+      if (gen !== generation) return;
+      if (next < order.length) {
+        appendRows(body, order, next, next + CHUNK, tasks, statsOf);
+        next += CHUNK;
+        setTimeout(more, 0);
+        return;
+      }
+      body.dataset.complete = "1";  // every matching row is in the table
+      if (first) performance.mark("leaderboard-complete");
+    };
+    delete body.dataset.complete;
+    if (next < order.length) setTimeout(more, 0);
+    else more();
+  }
+
+  function fillSelect(id, values) {
+    const select = $(id);
+    for (const v of values) select.appendChild(new Option(v, v));
+  }
+
+  function setup() {
+    document.title = DATA.title;
+    $("title").textContent = DATA.title;
+    const n = DATA.models.length;
+    $("meta").textContent = "Built " + DATA.generated_at + " by spatialbench " + DATA.tool_version + " from " +
+      DATA.sources.length + " results file(s): " + n + " model(s), " + DATA.tasks.length + " task(s), " +
+      DATA.rows.length + " rows.";
+    if (DATA.sources.some((s) => s.limit !== null)) {
+      $("notes").appendChild(el("p", "Rows marked 'limit' come from testing-only --limit runs (a cap on the " +
+        "examples per split): their numbers are not comparable with full runs."));
+    }
+    fillSelect("family", DATA.families);
+    fillSelect("condition", DATA.conditions);
+    fillSelect("group", DATA.groups);
+    $("search").addEventListener("input", (e) => { state.search = e.target.value; render(); });
+    for (const id of ["family", "condition", "group"]) {
+      $(id).addEventListener("change", (e) => { state[id] = e.target.value; render(); });
+    }
+    $("normalise").addEventListener("change", (e) => { state.normalise = e.target.checked; render(); });
+    const sortBy = (e) => {
+      const th = e.target.closest("th");
+      if (!th || th.classList.contains("nosort")) return;
+      if (state.sortKey === th.dataset.key) state.sortDir = -state.sortDir;
+      else { state.sortKey = th.dataset.key; state.sortDir = th.classList.contains("text") ? 1 : -1; }
+      render();
+      const again = $("board").tHead.querySelector(`th[data-key="${CSS.escape(th.dataset.key)}"]`);
+      if (again && e.type === "keydown") again.focus();  // the header row was rebuilt
+    };
+    $("board").tHead.addEventListener("click", sortBy);
+    $("board").tHead.addEventListener("keydown", (e) => { if (e.key === "Enter") sortBy(e); });
+    const open = (e) => {
+      const tr = e.target.closest("tr[data-row]");
+      if (!tr) return;
+      state.selected = Number(tr.dataset.row);
+      for (const other of $("board").tBodies[0].querySelectorAll("tr.selected")) other.classList.remove("selected");
+      tr.classList.add("selected");
+      window.SBDetail.show($("detail"), DATA, state.selected, () => { state.selected = -1; render(); });
+    };
+    $("board").tBodies[0].addEventListener("click", open);
+    $("board").tBodies[0].addEventListener("keydown", (e) => { if (e.key === "Enter") open(e); });
+    render();
+  }
+
+  setup();
+})();
