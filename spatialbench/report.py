@@ -93,7 +93,8 @@ class Reporter:
         if result.limit_note:
             self.console.print(f"[yellow]{result.limit_note}[/yellow]")
         ex = result.extraction
-        repaired = f", {ex.recomputed} corrupt cache entries extracted again" if ex.recomputed else ""
+        repaired = (f", {ex.recomputed} cache entries extracted again"
+                    " (they failed their checksum: corrupt, or written before checksums)") if ex.recomputed else ""
         self.console.print(f"visual prompts: {ex.images} images, {ex.extracted} extracted, {ex.reused} from cache"
                            f"{repaired}")
         self.console.print(f"results: {path}")

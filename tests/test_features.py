@@ -3,6 +3,8 @@
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from spatialbench.adapters.base import Adapter
 from spatialbench.features import FeatureStore
@@ -121,3 +123,16 @@ def test_text_conditioned_prompts_are_keyed_by_text_and_never_batched_with_plain
     assert store.extracted == 3
     prompts = store.load([("k0", None), ("k0", "ab"), ("k0", "abcd")])
     assert prompts[:, 0, 0].tolist() == [0.0, 2.0, 4.0]
+
+
+def test_an_entry_without_a_checksum_is_extracted_again(tmp_path):
+    """Caches written before checksums existed hold whole files with no sha256: they are not trusted."""
+    store = FeatureStore(CountingAdapter(), tmp_path)
+    store.ensure(_images(2).items())
+    path = store.path(store.key("k0"))
+    with safe_open(str(path), framework="pt") as f:
+        tensor = f.get_tensor("prompt")
+    save_file({"prompt": tensor}, str(path))
+    again = FeatureStore(CountingAdapter(), tmp_path)
+    again.ensure(_images(2).items())
+    assert again.recomputed == 1 and again.extracted == 1 and again.reused == 1
