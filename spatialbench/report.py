@@ -87,7 +87,7 @@ class Reporter:
                     table.add_row(f"  {name} selectivity", "task-control", f"{s.diff:+.3f}",
                                   f"[{s.ci95[0]:+.3f},{s.ci95[1]:+.3f}]", "", "")
             for comparison in task.comparisons.values():
-                table.add_row(f"  {comparison.a}-{comparison.b} gap", f"p={comparison.p_value:.3f}",
+                table.add_row(f"  {comparison.a}-{comparison.b} gap", p_text(comparison.p_value),
                               f"{comparison.diff:+.3f}", f"[{comparison.ci95[0]:+.3f},{comparison.ci95[1]:+.3f}]", "", "")
         self.console.print(table)
         if result.limit_note:
@@ -103,3 +103,8 @@ class Reporter:
     def _row(table: Table, label: str, metric: str, m, task) -> None:
         table.add_row(label, metric, f"{m.mean:.3f}±{m.std:.3f}", f"[{m.ci95[0]:.3f},{m.ci95[1]:.3f}]",
                       f"{task.chance[metric]:.3f}", str(task.n["test"]))
+
+
+def p_text(p: float) -> str:
+    """A p-value as the table shows it: never "p=0.000", since the bootstrap cannot show p below 1/(B+1)."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"

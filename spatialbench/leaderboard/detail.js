@@ -109,7 +109,7 @@
         out.push(c ? fmt(c.mean) + " " + interval(c.lo, c.hi) : failed[t.name] ? "failed" : "–");
       }
       const gap = model.gap[t.name];
-      out.push(gap ? signed(gap.diff) + " " + interval(gap.lo, gap.hi) + " (p " + gap.p.toFixed(3) + ")" : "–");
+      out.push(gap ? signed(gap.diff) + " " + interval(gap.lo, gap.hi) + " (p " + (gap.p < 0.001 ? "< 0.001" : gap.p.toFixed(3)) + ")" : "–");
       for (const r of rows.filter((r) => Object.keys(r.selectivity).length)) {
         const s = r.selectivity[t.name];
         out.push(s ? signed(s.diff) + " " + interval(s.lo, s.hi) : "–");
