@@ -144,13 +144,19 @@ def read_results(path: Path) -> RunResult:
         raise from_validation_error(e, str(path)) from None
 
 
-def git_hash() -> str | None:
-    """The commit of a source checkout; None for an installed wheel."""
-    root = Path(__file__).resolve().parent.parent
+def git_hash(root: Path | None = None) -> str | None:
+    """The commit of a source checkout, with "-dirty" when tracked files differ from it (the numbers may
+    then not come from that commit's code or tasks); None for an installed wheel."""
+    root = root or Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    commit = head.stdout.strip()
+    if not commit:
+        return None
+    return commit + "-dirty" if changed.returncode == 0 and changed.stdout.strip() else commit
