@@ -146,6 +146,33 @@ def demo(
         resampler_lr=None, mdl=False, gradient_checkpointing=False)
 
 
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="results JSON of model A (its samples_*.jsonl beside it)")],
+    b: Annotated[Path, typer.Argument(help="results JSON of model B")],
+    condition: Annotated[str, typer.Option(help="which scores to pair: frozen, joint, or a baseline")] = "frozen",
+    output: Annotated[Optional[Path], typer.Option("--out", help="also write the comparison as JSON here")] = None,
+) -> None:
+    """Model vs model: A - B on every task both scored, paired item by item (bootstrap over images)."""
+    from .compare import compare as compare_runs
+    from .report import comparison_table
+
+    try:
+        result = compare_runs(a, b, condition)
+    except SpatialbenchError as e:
+        _fail(e)
+    if result.tasks:
+        out.print(comparison_table(result))
+    for name, why in result.skipped.items():
+        out.print(f"skipped {escape(name)}: {escape(why)}", highlight=False)
+    if output:
+        result.write(output)
+        out.print(f"comparison: {output}")
+    if not result.tasks:
+        err.print("[red]no task could be compared[/red] (reasons above)")
+        raise typer.Exit(1)
+
+
 @app.command("check-adapter")
 def check_adapter(
     model: Annotated[str, typer.Argument(help="model card name or a card's YAML path (a tiny card: it loads the full model)")],

@@ -102,7 +102,8 @@ class TaskProbing:
         return found
 
     def summarise(self, examples, clusters: np.ndarray):
-        """Every condition's result and the paired comparisons, from the cells on disk."""
+        """Every condition's result, the paired comparisons and each condition's seed-averaged per-item
+        headline scores, from the cells on disk."""
         results, fits_of = {}, {}
         for cond in self.plan:
             got = {s: self._get(cond, "fit", s) for s in self.seeds}
@@ -122,11 +123,11 @@ class TaskProbing:
             if self.with_mdl and cond.role == "regime":
                 results[cond.name].mdl = self._get(cond, "mdl", self.seeds[0])
             fits_of[cond.name] = fits
+        headline = self.task.headline
+        items = {c.name: conditions.item_scores(headline, fits_of[c.name], c.inputs) for c in self.plan}
         comparisons = {}
-        if "frozen" in fits_of and "joint" in fits_of:
-            headline = self.task.headline
+        if "frozen" in items and "joint" in items:
             comparisons["joint_vs_frozen"] = conditions.paired(
-                "joint", "frozen", headline, conditions.item_scores(headline, fits_of["joint"], self.inputs),
-                conditions.item_scores(headline, fits_of["frozen"], self.inputs), clusters)
-        return results, fits_of, comparisons
+                "joint", "frozen", headline, items["joint"], items["frozen"], clusters)
+        return results, fits_of, comparisons, items
 

@@ -105,6 +105,23 @@ class Reporter:
                       f"{task.chance[metric]:.3f}", str(task.n["test"]))
 
 
+def p_value(p: float) -> str:
+    """A p-value as tables show it: never "0.000", since the bootstrap cannot show p below 1/(B+1)."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def p_text(p: float) -> str:
-    """A p-value as the table shows it: never "p=0.000", since the bootstrap cannot show p below 1/(B+1)."""
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    value = p_value(p)
+    return f"p{value}" if value.startswith("<") else f"p={value}"
+
+
+def comparison_table(result) -> Table:
+    """`spatialbench compare`: A - B per compared task, with the paired CI and p-value."""
+    a, b = result.a, result.b
+    table = Table(title=f"{escape(a.model)} - {escape(b.model)} ({escape(a.condition)})", box=box.SIMPLE_HEAD)
+    for col in ("task", "metric", "A", "B", "A - B", "95% CI", "p", "items / images"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right", no_wrap=True)
+    for name, t in result.tasks.items():
+        table.add_row(escape(name), t.metric, f"{t.a:.3f}", f"{t.b:.3f}", f"{t.diff:+.3f}",
+                      f"[{t.ci95[0]:+.3f},{t.ci95[1]:+.3f}]", p_value(t.p_value), f"{t.n_items} / {t.n_images}")
+    return table

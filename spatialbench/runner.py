@@ -173,11 +173,12 @@ class Runner:
         self.accelerator.wait_for_everyone()  # every process's cells are on disk before anyone sums up
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
-        results, fits_of, comparisons = probing.summarise(examples, clusters)
+        results, fits_of, comparisons, items = probing.summarise(examples, clusters)
         primary = next(c.name for c in plan if c.role == "regime")
         predictions = self.out_dir / f"samples_{task.name}.jsonl"
         if self.accelerator.is_main_process:
-            scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box)
+            scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box,
+                                      items)
         main = results[primary]
         return TaskResult(
             name=task.name, kind=task.kind, version=task.version, status="ok", target=task.target,

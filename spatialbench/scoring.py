@@ -58,8 +58,10 @@ def by_group(headline: str, fits: list[FitResult], test: Split, examples: list[E
 
 
 def write_predictions(path: Path, examples: list[Example], fits: list[FitResult], headline: str, test: Split,
-                      box: bool) -> None:
-    """One JSON line per test item: what it asked, the answer, and every seed's prediction and score."""
+                      box: bool, item_scores: dict[str, np.ndarray] | None = None) -> None:
+    """One JSON line per test item: what it asked, the answer, and every seed's prediction and score (of the
+    run's first regime), and under "scores" each condition's headline score averaged over seeds, which
+    `spatialbench compare` pairs item by item with another run's."""
     target = test.target.numpy()
     per_item_name = headline if headline in metrics.PER_ITEM else ("accuracy" if not box else "mean_iou")
     scores = []
@@ -72,5 +74,6 @@ def write_predictions(path: Path, examples: list[Example], fits: list[FitResult]
             "uid": ex.uid, "image_id": ex.image_id, "query": ex.query, "target": ex.target, "groups": ex.groups,
             "predictions": {str(f.seed): np.asarray(f.test_pred[i]).tolist() for f in fits},
             per_item_name: {str(f.seed): float(s[i]) for f, s in zip(fits, scores)},
+            **({"scores": {name: float(v[i]) for name, v in item_scores.items()}} if item_scores else {}),
         }))
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))
