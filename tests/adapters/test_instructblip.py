@@ -357,7 +357,9 @@ def test_batch_invariance_and_determinism(ib, point):
     images, texts = mixed_images()[:4], TEXTS[:4]
     batch = adapter.visual_prompt(adapter.preprocess(images), texts)  # instructions padded to the longest
     singles = torch.cat([adapter.visual_prompt(adapter.preprocess([im]), [t]) for im, t in zip(images, texts)])
-    torch.testing.assert_close(batch, singles, atol=1e-5, rtol=0)
+    # Padding the instructions changes the shapes of the matmuls, so the fp32 sums round differently (2e-5 seen on
+    # an AMD EPYC); a padding leak would differ by orders of magnitude more.
+    torch.testing.assert_close(batch, singles, atol=1e-4, rtol=0)
     assert torch.equal(batch, adapter.visual_prompt(adapter.preprocess(images), texts))
     assert not batch.requires_grad
     with pytest.raises(ValueError):
