@@ -195,9 +195,9 @@ class Bench:
 
     def _warm_cache(self, names: list[str], directory: Path) -> None:
         """Extract the grid tasks' images (the same scenes as the synthetic group: usually already cached)."""
-        from spatialbench.assemble import feature_requests
         from spatialbench.data.sources import load_task_data
         from spatialbench.features import FeatureStore
+        from spatialbench.probing.inputs import feature_requests
         from spatialbench.registry import TaskRegistry
 
         registry = TaskRegistry([directory])

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from spatialbench.adapters.base import Adapter, get_family
-from spatialbench.assemble import build_inputs, feature_requests
 from spatialbench.data.sources import load_task_data
 from spatialbench.data.synthetic import SyntheticImages, generate_scenes
 from spatialbench.features import FeatureStore
-from spatialbench.joint import JointEncoder, ResamplerSnapshot
+from spatialbench.probing.fit import fit
+from spatialbench.probing.inputs import build_inputs, feature_requests
+from spatialbench.probing.joint import JointEncoder, ResamplerSnapshot
 from spatialbench.runner import resolve_card
 from spatialbench.specs import SyntheticDataset, TaskSpec
-from spatialbench.train import fit
 
 
 def load_adapter(card: Path, device: str, cache_dir: Path) -> Adapter:

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from . import stats
 from .atomic import atomic_write
 from .errors import SpatialbenchError
 from .results import RunResult, TaskResult, read_results
 from .specs import Strict
+from .stats import paired
 
 SCHEMA_VERSION = 1
 
@@ -120,7 +120,7 @@ def compare(path_a: Path, path_b: Path, condition: str = "frozen", n_boot: int =
             continue
         uids = sorted(a)
         clusters = np.array([a[u][1] for u in uids])
-        r = stats.paired_from_scores([a[u][0] for u in uids], [b[u][0] for u in uids], clusters, n_boot=n_boot)
+        r = paired.paired_from_scores([a[u][0] for u in uids], [b[u][0] for u in uids], clusters, n_boot=n_boot)
         result.tasks[name] = TaskComparison(metric=ta.headline, a=r.a, b=r.b, diff=r.diff, ci95=r.ci95,
                                             p_value=r.p_value, n_items=len(uids), n_images=len(set(clusters)))
     return result

@@ -12,17 +12,18 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from rich.console import Console
 
-from . import __version__, conditions, scoring
+from . import __version__
 from .adapters.base import Adapter, get_family
 from .adapters.loading import default_cache_dir
-from .assemble import build_inputs, feature_requests
-from .cells import CellStore
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
 from .features import FeatureStore, Request, digest
-from .joint import ResamplerSnapshot
-from .probing import TaskProbing
+from .probing import conditions, scoring
+from .probing.cells import CellStore
+from .probing.inputs import build_inputs, feature_requests
+from .probing.joint import ResamplerSnapshot
+from .probing.task import TaskProbing
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
 from .results import LIMIT_NOTE, ExtractionStats, RunResult, TaskResult, git_hash

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 from ..errors import SpatialbenchError
-from ..metrics import PER_ITEM
 from ..results import MetricSummary, Paired, RunResult, TaskResult
 from ..specs import SPLITS, TARGET_METRICS
+from ..stats.metrics import PER_ITEM
 
 KNOWN_METRICS = sorted({m for names in TARGET_METRICS.values() for m in names})
 BOUNDED = set(KNOWN_METRICS)  # accuracy, macro-F1, Acc@IoU>=0.5 and mean IoU are all fractions

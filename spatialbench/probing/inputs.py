@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .adapters.base import Adapter
-from .data.examples import Example, TaskData
-from .features import FeatureStore, Request
-from .probes import ProbeShape
-from .specs import TaskSpec
-from .train import ProbeInputs, Split, standardise
+from ..adapters.base import Adapter
+from ..data.examples import Example, TaskData
+from ..features import FeatureStore, Request
+from ..specs import TaskSpec
+from .fit import ProbeInputs, Split, standardise
+from .heads import ProbeShape
 
 TEXT_BATCH = 256
 

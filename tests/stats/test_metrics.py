@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from spatialbench.metrics import (
+from spatialbench.stats.metrics import (
     METRICS,
     accuracy,
     box_iou,

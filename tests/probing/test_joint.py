@@ -8,10 +8,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from spatialbench.adapters.blip2 import Blip2Adapter
+from spatialbench.probing.fit import fit
 from spatialbench.results import RunResult, read_results
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
-from spatialbench.train import fit
 
 ALL_BASELINES = ["blind", "random_resampler", "vision_patches"]
 
@@ -59,12 +59,12 @@ def test_every_joint_fit_starts_from_the_checkpoints_resampler(small_tasks, tmp_
 
 
 def _joint_setup(small_tasks, tmp_path, **config):
-    from spatialbench import conditions
     from spatialbench.adapters.base import get_family
-    from spatialbench.assemble import build_inputs, feature_requests
     from spatialbench.data.sources import load_task_data
     from spatialbench.features import FeatureStore
-    from spatialbench.joint import ResamplerSnapshot
+    from spatialbench.probing import conditions
+    from spatialbench.probing.inputs import build_inputs, feature_requests
+    from spatialbench.probing.joint import ResamplerSnapshot
     from spatialbench.registry import ModelRegistry, TaskRegistry
 
     adapter = get_family("blip2").load(ModelRegistry().get("blip2-tiny"))

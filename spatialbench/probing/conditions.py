@@ -10,12 +10,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import metrics, scoring, stats
-from .adapters.base import Adapter
+from ..adapters.base import Adapter
+from ..results import ConditionResult, MetricSummary, Paired, SeedRun
+from ..specs import RunConfig, TaskSpec
+from ..stats import control, metrics
+from ..stats.paired import paired_from_scores
+from . import scoring
+from .fit import FitResult, ProbeInputs, fit, standardise
 from .joint import JointEncoder, ResamplerSnapshot, resample_all
-from .results import ConditionResult, MetricSummary, Paired, SeedRun
-from .specs import RunConfig, TaskSpec
-from .train import FitResult, ProbeInputs, fit, standardise
 
 RANDOM_RESAMPLER_SEED = 1234
 
@@ -62,14 +64,14 @@ def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, ad
 
 def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInputs:
     """Control task (after Hewitt & Liang): each item's target relabelled by a mapping fixed for the
-    queried category (for relations, the subject's), drawn once per seed; see stats.control_targets."""
+    queried category (for relations, the subject's), drawn once per seed; see control.control_targets."""
     targets = {}
     for name, split in inputs.splits.items():
         category, target = split.query.numpy()[:, 0], split.target.numpy()
         if inputs.box:
-            targets[name] = torch.tensor(stats.control_boxes(category, target, seed), dtype=torch.float32)
+            targets[name] = torch.tensor(control.control_boxes(category, target, seed), dtype=torch.float32)
         else:
-            targets[name] = torch.tensor(stats.control_targets(category, target, n_classes, seed), dtype=torch.long)
+            targets[name] = torch.tensor(control.control_targets(category, target, n_classes, seed), dtype=torch.long)
     return inputs.with_targets(targets)
 
 
@@ -86,7 +88,7 @@ def item_scores(headline: str, fits: list[FitResult], inputs: ProbeInputs) -> np
 
 
 def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarray, clusters: np.ndarray) -> Paired:
-    r = stats.paired_from_scores(scores_a, scores_b, clusters)
+    r = paired_from_scores(scores_a, scores_b, clusters)
     return Paired(a=a, b=b, metric=metric, diff=r.diff, ci95=tuple(r.ci95), p_value=r.p_value)
 
 
@@ -132,4 +134,4 @@ def summarise(cond: Condition, fits: list[FitResult], starts: list[str], task: T
 
 def _mean_ci(scores: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
     """Clustered bootstrap CI of a mean of per-item scores (a difference against zero)."""
-    return tuple(stats.paired_from_scores(scores, np.zeros_like(scores), clusters).ci95)
+    return tuple(paired_from_scores(scores, np.zeros_like(scores), clusters).ci95)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from spatialbench import conditions
+from spatialbench.probing import conditions
+from spatialbench.probing.fit import fit
 from spatialbench.runner import Runner
 from spatialbench.specs import ProbeSpec, RunConfig
-from spatialbench.train import fit
-from tests.test_train import _class_inputs
+from tests.probing.test_fit import _class_inputs
 
 
 def test_a_nan_loss_stops_the_fit_with_a_clear_error():

@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import stats
-from .specs import ProbeSpec
-from .train import Encoder, ProbeInputs, Split, fit
+from ..specs import ProbeSpec
+from ..stats import codelength
+from .fit import Encoder, ProbeInputs, Split, fit
 
 
 def subset(split: Split, rows: np.ndarray) -> Split:
@@ -25,7 +25,7 @@ def subset(split: Split, rows: np.ndarray) -> Split:
 def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, accelerator,
                 encoder: Callable[[], Encoder] | None = None, encoder_lr: float | None = None,
                 before_fit: Callable[[], None] | None = None,
-                on_epoch: Callable[[int, float], None] | None = None) -> stats.MdlResult:
+                on_epoch: Callable[[int, float], None] | None = None) -> codelength.MdlResult:
     """Codelength of the training labels given the visual prompt (one probe fit per block).
 
     `encoder` makes a fresh trainable encoder per block (the joint regime); `before_fit` runs before
@@ -35,7 +35,7 @@ def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, 
         raise ValueError("online code needs class targets; box tasks have no MDL")
     train = inputs.splits["train"]
     order = np.random.default_rng(seed).permutation(len(train))
-    ends = stats.default_blocks(len(train))
+    ends = codelength.default_blocks(len(train))
     block_bits = []
     for start, end in zip(ends, ends[1:]):
         splits = {"train": subset(train, order[:start]), "validation": inputs.splits["validation"],
@@ -45,4 +45,4 @@ def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, 
         result = fit(inputs.with_splits(splits), spec, seed, headline, accelerator, on_epoch=on_epoch,
                      encoder=encoder() if encoder else None, encoder_lr=encoder_lr)
         block_bits.append(result.test_loss * (end - start) / math.log(2))  # mean nats -> total bits
-    return stats.online_codelength(list(np.diff(ends)), block_bits, ends[0], inputs.shape.n_out)
+    return codelength.online_codelength(list(np.diff(ends)), block_bits, ends[0], inputs.shape.n_out)

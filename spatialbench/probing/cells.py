@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .train import FitResult
+from ..atomic import atomic_write
+from .fit import FitResult
 
 
 class CellStore:

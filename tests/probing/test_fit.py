@@ -5,10 +5,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from spatialbench import metrics
-from spatialbench.probes import ProbeShape
+from spatialbench.probing.fit import ProbeInputs, Split, fit, standardise
+from spatialbench.probing.heads import ProbeShape
 from spatialbench.specs import ProbeSpec
-from spatialbench.train import ProbeInputs, Split, fit, standardise
+from spatialbench.stats import metrics
 
 N = {"train": 600, "validation": 150, "test": 300}
 Q, D, K = 4, 8, 4

@@ -12,8 +12,8 @@ import hashlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .adapters.base import Adapter
-from .train import Encoder
+from ..adapters.base import Adapter
+from .fit import Encoder
 
 CHUNK = 64
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .specs import ProbeSpec
+from ..specs import ProbeSpec
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from . import metrics
-from .probes import ProbeShape, box_loss, build_probe, to_box
-from .specs import ProbeSpec
+from ..specs import ProbeSpec
+from ..stats import metrics
+from .heads import ProbeShape, box_loss, build_probe, to_box
 
 
 @dataclass

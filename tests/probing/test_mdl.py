@@ -5,10 +5,10 @@ import math
 import pytest
 from accelerate import Accelerator
 
-from spatialbench import stats
-from spatialbench.mdl import online_code
+from spatialbench.probing.mdl import online_code
 from spatialbench.specs import ProbeSpec
-from tests.test_train import _box_inputs, _class_inputs
+from spatialbench.stats import codelength
+from tests.probing.test_fit import _box_inputs, _class_inputs
 
 SPEC = ProbeSpec(architecture="linear", lr=0.01, epochs=15, patience=4)
 
@@ -31,7 +31,7 @@ def test_online_code_sums_the_block_bits(monkeypatch):
     """The codelength is the first block's uniform bits plus each later block's cross-entropy in bits."""
     inputs = _class_inputs(encode=True)
     seen = []
-    from spatialbench import mdl
+    from spatialbench.probing import mdl
 
     real_fit = mdl.fit
 
@@ -42,7 +42,7 @@ def test_online_code_sums_the_block_bits(monkeypatch):
 
     monkeypatch.setattr(mdl, "fit", recording)
     r = online_code(inputs, SPEC, "accuracy", 0, Accelerator(cpu=True))
-    ends = stats.default_blocks(len(inputs.splits["train"]))
+    ends = codelength.default_blocks(len(inputs.splits["train"]))
     assert [(a, b - a) for a, b in zip(ends, ends[1:])] == [(t, s) for t, s, _ in seen]
     expected = ends[0] * 2.0 + sum(s * loss / math.log(2) for _, s, loss in seen)
     assert r.codelength_bits == pytest.approx(expected)

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..features import digest
+from ..results import Mdl
+from ..specs import TaskSpec
+from ..stats.codelength import default_blocks
 from . import conditions
 from .cells import CellStore
-from .features import digest
+from .fit import ProbeInputs
 from .mdl import online_code
-from .results import Mdl
-from .specs import TaskSpec
-from .stats import default_blocks
-from .train import ProbeInputs
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,17 @@
-"""Paired comparisons, control-task selectivity and MDL online codelength.
+"""Paired comparisons and control-task selectivity, by a cluster bootstrap over images.
 
-Paired tests reuse the scoring of spatialbench.metrics and its resampling scheme
+Paired tests reuse the scoring of spatialbench.stats.metrics and its resampling scheme
 (clusters = images, drawn with replacement, the same draws for every seed); here
 the same draws are also shared by the two systems being compared.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from spatialbench.metrics import METRICS, PER_ITEM, Metric, _paired, per_item
+from .metrics import METRICS, PER_ITEM, Metric, _paired, per_item
 
 
 @dataclass(frozen=True)
@@ -31,15 +30,6 @@ class SelectivityResult:
     selectivity: float            # task - control
     ci95: tuple[float, float]
 
-
-@dataclass(frozen=True)
-class MdlResult:
-    codelength_bits: float
-    uniform_bits: float
-    compression: float            # uniform_bits / codelength_bits
-
-
-# --- paired cluster bootstrap ---------------------------------------------------
 
 
 def _cluster_draws(clusters, n_boot: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
@@ -151,90 +141,3 @@ def selectivity(
     res = _compare(metric, [(p, np.asarray(task_target)) for p in task_preds],
                    [(p, np.asarray(control_target)) for p in control_preds], clusters, n_boot, seed)
     return SelectivityResult(res.a, res.b, res.diff, res.ci95)
-
-
-# --- control tasks --------------------------------------------------------------
-
-
-def _category_ids(categories_of_items) -> tuple[np.ndarray, np.ndarray]:
-    cats = np.asarray(categories_of_items)
-    if cats.ndim != 1 or not np.issubdtype(cats.dtype, np.integer) or (cats < 0).any():
-        raise ValueError("categories must be a 1-D array of non-negative integer ids")
-    return np.unique(cats, return_inverse=True)
-
-
-def control_targets(categories_of_items, targets, n_classes: int, seed: int) -> np.ndarray:
-    """Control class per item: the true class relabelled by a random permutation fixed for its category.
-
-    Hewitt & Liang map each word type to a random tag; a spatial probe here is given the category
-    as input, so a target that depends on the category alone is solved from the query, not the image
-    (measured: 1.00). The permutation keeps the need to read the answer from the visual prompt and
-    adds one arbitrary category-specific mapping that only the probe's capacity can supply.
-    The permutation comes from default_rng([seed, category]), so train and test agree in any order.
-    """
-    if n_classes < 2:
-        raise ValueError("a control task needs at least two classes")
-    ids, inv = _category_ids(categories_of_items)
-    targets = np.asarray(targets)
-    if targets.shape != inv.shape or (targets < 0).any() or (targets >= n_classes).any():
-        raise ValueError(f"targets must be one class in [0, {n_classes}) per item")
-    perms = np.stack([np.random.default_rng([seed, int(c)]).permutation(n_classes) for c in ids])
-    return perms[inv, targets]
-
-
-def control_boxes(categories_of_items, boxes, seed: int) -> np.ndarray:
-    """Control box per item: the true box moved by one of the square's 8 symmetries, fixed per category.
-
-    The box analogue of control_targets: flips and a transpose of the unit square keep every box
-    valid and the size distribution intact. Boxes are normalised [N, 4] (x0, y0, x1, y1).
-    """
-    ids, inv = _category_ids(categories_of_items)
-    boxes = np.asarray(boxes, dtype=float)
-    if boxes.shape != (len(inv), 4):
-        raise ValueError("boxes must be [N, 4] normalised (x0, y0, x1, y1), one per item")
-    symmetry = np.array([np.random.default_rng([seed, int(c)]).integers(8) for c in ids])[inv]
-    x0, y0, x1, y1 = boxes.T.copy()
-    flip_x, flip_y, transpose = symmetry & 1 > 0, symmetry & 2 > 0, symmetry & 4 > 0
-    x0[flip_x], x1[flip_x] = 1 - x1[flip_x], 1 - x0[flip_x]
-    y0[flip_y], y1[flip_y] = 1 - y1[flip_y], 1 - y0[flip_y]
-    x0[transpose], y0[transpose], x1[transpose], y1[transpose] = (
-        y0[transpose], x0[transpose], y1[transpose], x1[transpose])
-    return np.stack([x0, y0, x1, y1], axis=1)
-
-
-# --- MDL online code ------------------------------------------------------------
-
-# Cumulative block ends in units of 0.01 % of the data (Voita & Titov 2020), kept
-# as integers so that n * fraction is exact.
-_BLOCK_ENDS = (10, 20, 40, 80, 160, 320, 625, 1250, 2500, 5000, 10000)
-
-
-def default_blocks(n: int) -> list[int]:
-    """Cumulative block end indices for n items: 0.1 %, 0.2 %, ..., 50 %, 100 %.
-
-    Ends are floored, raised to at least 1 and deduplicated; the last is n. Use
-    first_block_size = ends[0] and block_sizes = np.diff(ends) for online_codelength.
-    """
-    if n < 1:
-        raise ValueError("need at least one item")
-    return sorted({max(1, n * e // 10000) for e in _BLOCK_ENDS})
-
-
-def online_codelength(
-    block_sizes: list[int], block_nll_bits: list[float], first_block_size: int, n_classes: int,
-) -> MdlResult:
-    """Online (prequential) codelength, Voita & Titov (2020).
-
-    The first block is sent with the uniform code, first_block_size * log2 K bits.
-    block_sizes / block_nll_bits describe the later blocks in order: each is sent
-    with the bits (sum of -log2 p of its true labels) assigned by a probe trained
-    on all earlier blocks; the caller trains and supplies those sums.
-    """
-    if len(block_sizes) != len(block_nll_bits) or n_classes < 2:
-        raise ValueError("need one bit count per later block, and at least two classes")
-    if first_block_size < 1 or any(s < 1 for s in block_sizes) or any(not b >= 0 for b in block_nll_bits):
-        raise ValueError("block sizes must be positive and block bits non-negative")
-    bits_per_item = math.log2(n_classes)
-    codelength = first_block_size * bits_per_item + float(sum(block_nll_bits))
-    uniform = (first_block_size + sum(block_sizes)) * bits_per_item
-    return MdlResult(codelength, uniform, uniform / codelength)

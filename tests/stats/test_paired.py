@@ -3,15 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from spatialbench.metrics import cluster_bootstrap_ci
-from spatialbench.stats import (
-    MdlResult,
+from spatialbench.stats.codelength import MdlResult, default_blocks, online_codelength
+from spatialbench.stats.control import control_boxes, control_targets
+from spatialbench.stats.metrics import cluster_bootstrap_ci
+from spatialbench.stats.paired import (
     PairedResult,
     SelectivityResult,
-    control_boxes,
-    control_targets,
-    default_blocks,
-    online_codelength,
     paired_bootstrap,
     paired_from_scores,
     selectivity,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .data.examples import Example
-from .atomic import atomic_write
-from .results import GroupScore, MetricSummary
-from .train import FitResult, Split
+from ..atomic import atomic_write
+from ..data.examples import Example
+from ..results import GroupScore, MetricSummary
+from ..stats import metrics
+from .fit import FitResult, Split
 
 
 def _pixels(boxes: np.ndarray, split: Split) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Numbers from predictions: metrics and clustered bootstrap CIs, paired tests, control targets, MDL codelength."""
