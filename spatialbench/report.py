@@ -61,35 +61,13 @@ class Reporter:
             progress.update(bar, completed=total_epochs)
 
     def summary(self, result: RunResult, path: str) -> None:
-        table = Table(title=f"{result.model.name}: {result.point} prompt {tuple(result.visual_prompt_shape)}",
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        # Numbers never shrink; names fold onto a second line when the terminal is narrow.
-        table.add_column("task", overflow="fold")
-        table.add_column("metric", overflow="fold")
-        for col, width in (("mean±std", 11), ("95% CI", 13), ("chance", 6), ("n test", 6)):
-            table.add_column(col, justify="right", no_wrap=True, min_width=width)
+        self.console.print(f"[bold]{escape(result.model.name)}[/bold]: {result.point} prompt "
+                           f"{tuple(result.visual_prompt_shape)}, {len(result.seeds)} seed(s)")
         for task in result.tasks.values():
-            if task.status == "failed":
-                table.add_row(task.name, "[red]failed[/red]", escape((task.error or "").split("\n")[0][:48]), "", "", "")
-                continue
-            conditions = task.conditions or {}
-            if len(conditions) <= 1:
-                self._row(table, task.name, task.headline, task.metrics[task.headline], task)
-                continue
-            for name, cond in conditions.items():
-                label = f"{task.name} {name}" if cond.role == "regime" else f"  {name}"
-                self._row(table, label, task.headline, cond.metrics[task.headline], task)
-                if cond.mdl:
-                    table.add_row(f"  {name} MDL", "compression", f"{cond.mdl.compression:.2f}x",
-                                  f"{cond.mdl.codelength_bits:.0f} bits", "", "")
-                if cond.selectivity:
-                    s = cond.selectivity
-                    table.add_row(f"  {name} selectivity", "task-control", f"{s.diff:+.3f}",
-                                  f"[{s.ci95[0]:+.3f},{s.ci95[1]:+.3f}]", "", "")
-            for comparison in task.comparisons.values():
-                table.add_row(f"  {comparison.a}-{comparison.b} gap", p_text(comparison.p_value),
-                              f"{comparison.diff:+.3f}", f"[{comparison.ci95[0]:+.3f},{comparison.ci95[1]:+.3f}]", "", "")
-        self.console.print(table)
+            self.console.print(task_table(task))
+        if any(c.recovered for t in result.tasks.values() for c in t.conditions.values()):
+            self.console.print("recovered = (score - blind) / (oracle - blind): the share of the headroom between the "
+                               "language prior and a prompt that holds every object's box (docs/methodology.md)")
         if result.limit_note:
             self.console.print(f"[yellow]{result.limit_note}[/yellow]")
         ex = result.extraction
@@ -99,10 +77,42 @@ class Reporter:
                            f"{repaired}")
         self.console.print(f"results: {path}")
 
-    @staticmethod
-    def _row(table: Table, label: str, metric: str, m, task) -> None:
-        table.add_row(label, metric, f"{m.mean:.3f}±{m.std:.3f}", f"[{m.ci95[0]:.3f},{m.ci95[1]:.3f}]",
-                      f"{task.chance[metric]:.3f}", str(task.n["test"]))
+
+def _ci(lo: float, hi: float, signed: bool = False) -> str:
+    return f"[{lo:+.3f},{hi:+.3f}]" if signed else f"[{lo:.3f},{hi:.3f}]"
+
+
+def task_table(task) -> Table:
+    """One task: a row per condition (score, CI, recovered share), then selectivity, MDL and the paired gaps.
+    The numeric columns never wrap and fit 80 columns; only the condition names fold."""
+    if task.status == "failed":
+        table = Table(title=f"{escape(task.name)}: [red]failed[/red]", box=box.SIMPLE_HEAD, show_header=False)
+        table.add_column("why", overflow="fold")
+        table.add_row(escape((task.error or "").split("\n")[0]))
+        return table
+    title = f"{escape(task.name)} ({task.headline}; chance {task.chance[task.headline]:.3f}; {task.n['test']} test items)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("condition", overflow="fold", min_width=12)
+    for col, width in (("mean±std", 11), ("95% CI", 15), ("recovered [95% CI]", 18)):
+        table.add_column(col, justify="right", no_wrap=True, min_width=width)
+    conditions = task.conditions or {"frozen": None}
+    for name, cond in conditions.items():
+        m = (cond.metrics if cond else task.metrics)[task.headline]
+        r = cond.recovered if cond else None
+        share = f"{r.value:.2f} [{r.ci95[0]:.2f},{r.ci95[1]:.2f}]" if r else ""
+        table.add_row(name if not cond or cond.role == "regime" else f"  {name}", f"{m.mean:.3f}±{m.std:.3f}",
+                      _ci(*m.ci95), share)
+    for name, cond in conditions.items():
+        if cond and cond.selectivity:
+            s = cond.selectivity
+            table.add_row(f"{name} selectivity (task - control)", f"{s.diff:+.3f}", _ci(*s.ci95, signed=True), "")
+        if cond and cond.mdl:
+            table.add_row(f"{name} MDL ({cond.mdl.codelength_bits:.0f} bits)", f"{cond.mdl.compression:.2f}x", "", "")
+    for c in task.comparisons.values():
+        table.add_row(f"{c.a} - {c.b} ({p_text(c.p_value)})", f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), "")
+    for note in task.notes:
+        table.add_row(f"[yellow]{escape(note)}[/yellow]", "", "", "")
+    return table
 
 
 def p_value(p: float) -> str:

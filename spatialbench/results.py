@@ -15,7 +15,9 @@ from .errors import SpatialbenchError, from_validation_error
 from .atomic import atomic_write
 from .specs import ModelCard, ProbeSpec, Strict
 
-SCHEMA_VERSION = 2  # 2 added conditions (regimes, baselines, control, MDL) and comparisons; 1 still reads
+# 2 added conditions (regimes, baselines, control, MDL) and comparisons; 3 the oracle, recovered, probe_parameters
+# and task notes. Older files still read.
+SCHEMA_VERSION = 3
 LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
 
 
@@ -50,6 +52,13 @@ class Paired(Strict):
     p_value: float
 
 
+class Recovered(Strict):
+    """The share of the floor-to-ceiling headroom a condition recovers: (score - blind) / (oracle - blind)."""
+
+    value: float
+    ci95: tuple[float, float] = Field(description="paired bootstrap over test images, the same draws for all three")
+
+
 class Mdl(Strict):
     codelength_bits: float
     uniform_bits: float
@@ -70,6 +79,10 @@ class ConditionResult(Strict):
     failed_seeds: dict[int, str] = Field(
         default_factory=dict, description="seeds whose training failed (e.g. a NaN loss), with why; left out of the metrics"
     )
+    probe_parameters: int | None = Field(None, description="trainable parameters of the probe over this condition's input")
+    recovered: Recovered | None = Field(
+        None, description="(score - blind) / (oracle - blind) on the headline; absent without both, or when the "
+        "oracle is not above blind")
 
 
 class TaskResult(Strict):
@@ -92,6 +105,7 @@ class TaskResult(Strict):
     predictions_file: str | None = None
     conditions: dict[str, ConditionResult] = Field(default_factory=dict)
     comparisons: dict[str, Paired] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list, description="what this task could not do and why (e.g. no oracle)")
 
 
 class ExtractionStats(Strict):
@@ -107,7 +121,7 @@ class ExtractionStats(Strict):
 
 
 class RunResult(Strict):
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     tool_version: str = __version__
     git_hash: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -76,7 +76,7 @@ class Runner:
                 self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
                 trust_remote_code=config.trust_remote_code)
         store = FeatureStore(adapter, self.cache_dir, config.batch_size)
-        uses_vision = config.regime != "frozen" or bool({"vision_patches", "random_resampler"} & set(config.baselines))
+        uses_vision = config.regime != "frozen" or bool(conditions.NEEDS_VISION & set(config.baselines))
         vision = FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches") if uses_vision else None
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
         self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), repr(self.resampler_lr),
@@ -92,7 +92,9 @@ class Runner:
         for task in self.tasks:
             start = time.perf_counter()
             try:
-                loaded[task.name] = (load_task_data(task, config.limit, self.data), time.perf_counter() - start)
+                data = load_task_data(task, config.limit, self.data)
+                conditions.check_budgets(config, task, data, adapter)  # a probe too large fails before extraction
+                loaded[task.name] = (data, time.perf_counter() - start)
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
         self._save(result)
@@ -165,7 +167,7 @@ class Runner:
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
         vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
-        plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot)
+        plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects)
         probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:
@@ -191,4 +193,6 @@ class Runner:
             by_group=main.by_group, probe=task.probe, seeds=main.seeds,
             timings={"load": load_seconds, "train": time.perf_counter() - start},
             predictions_file=predictions.name, conditions=results, comparisons=comparisons,
+            notes=[f"{b}: not available here ({why})" for b in self.config.baselines
+                   if (why := conditions.unavailable(b, data.objects))],
         )

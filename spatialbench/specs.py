@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 TaskKind = Literal["region_localization", "relation", "vsr", "grounding"]
 SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
+# The reference conditions: blind is the floor (the language prior), oracle the ceiling (a prompt built from the
+# annotations), random_resampler the untrained architecture, vision_patches what there was to compress.
+BASELINES = ("blind", "oracle", "random_resampler", "vision_patches")
 
 # The metrics each target type can report; the first listed in a task is its headline.
 TARGET_METRICS: dict[str, tuple[str, ...]] = {
@@ -30,22 +33,33 @@ class Strict(BaseModel):
 
 
 class ProbeSpec(Strict):
-    """The probe head and how it is trained."""
+    """The probe head and how it is trained (see docs/methodology.md for why these defaults)."""
 
-    architecture: Literal["linear", "mlp", "attention"] = "mlp"
-    width: int = Field(128, ge=1, description="hidden width (mlp, attention)")
-    depth: int = Field(2, ge=1, description="hidden layers (mlp) or transformer layers (attention)")
-    heads: int = Field(4, ge=1, description="attention heads (attention probe)")
+    architecture: Literal["attentive", "linear", "mlp", "attention"] = Field(
+        "attentive", description="attentive: read-out queries cross-attending into the prompt (the default for "
+        "every task); linear: one query-chosen linear read-out; mlp: the flattened prompt (size grows with it); "
+        "attention: the old name of attentive")
+    width: int = Field(64, ge=1, description="hidden width")
+    depth: int = Field(2, ge=1, description="read-out blocks (attentive) or hidden layers (mlp)")
+    heads: int = Field(1, ge=1, description="attention heads (attentive)")
+    readouts: int = Field(4, ge=1, description="learned read-out queries (attentive)")
+    input_width: int = Field(16, ge=1, description="attentive, linear: each visual token is projected to this "
+                             "width first; the only part of the probe whose size depends on the prompt's")
+    max_parameters: int = Field(5_000_000, ge=1, description="a probe with more trainable parameters is refused "
+                                "before any extraction (the flattened mlp over a large prompt)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    epochs: int = Field(30, ge=1)
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup: float = Field(0.05, ge=0.0, lt=1.0, description="share of the training steps with a linear lr warmup; "
+                          "then cosine decay to zero at the last epoch")
+    clip_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient-norm clipping; null: none")
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
-    patience: int = Field(5, ge=1, description="early stopping: epochs without validation gain")
+    patience: int = Field(10, ge=1, description="early stopping: epochs without validation gain")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ProbeSpec:
-        if self.architecture == "attention" and self.width % self.heads:
+        if self.architecture in ("attentive", "attention") and self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
         return self
 
@@ -209,9 +223,7 @@ class RunConfig(Strict):
     )
     trust_remote_code: bool = False
     regime: Literal["frozen", "joint", "both"] = "frozen"
-    baselines: list[Literal["blind", "random_resampler", "vision_patches"]] = Field(
-        default_factory=lambda: ["blind", "random_resampler", "vision_patches"]
-    )
+    baselines: list[Literal[BASELINES]] = Field(default_factory=lambda: list(BASELINES))
     control: bool = Field(True, description="control tasks for the explicit probes (see docs/methodology.md)")
     resampler_lr: float | None = Field(
         None, gt=0.0, description="joint regime: the resampler's learning rate [default: the card's]"

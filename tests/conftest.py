@@ -24,8 +24,8 @@ SMALL_TASKS = {
     "small_region": ("region_localization", {}, "mlp"),
     "small_grid": ("region_localization", {"grid": 3}, "linear"),
     "small_relation": ("relation", {}, "mlp"),
-    "small_vsr": ("vsr", {}, "attention"),
-    "small_grounding": ("grounding", {}, "attention"),
+    "small_vsr": ("vsr", {}, "attentive"),
+    "small_grounding": ("grounding", {}, "attentive"),
 }
 
 

@@ -215,6 +215,18 @@ def probe_objects(inst: Instances, min_area: float) -> dict[int, list[Annotation
     return out
 
 
+def annotated_objects(inst: Instances, file_names: dict[int, str]) -> dict[str, list[tuple[str, Box]]]:
+    """Image file name -> every non-crowd object with a box of some area, (category name, normalised box), for
+    the images in `file_names` (image id -> file name): what the oracle prompt is built from."""
+    names = inst.category_names()
+    out: dict[str, list[tuple[str, Box]]] = {name: [] for name in file_names.values()}
+    for ann in inst.annotations:
+        if ann.image_id in file_names and not ann.iscrowd and ann.bbox[2] > 0 and ann.bbox[3] > 0:
+            info = inst.images[ann.image_id]
+            out[file_names[ann.image_id]].append((names[ann.category_id], normalised(ann.bbox, info.width, info.height)))
+    return out
+
+
 def _xyxy(a: Annotation) -> tuple[float, float, float, float]:
     x, y, w, h = a.bbox
     return (x, y, x + w, y + h)
@@ -303,18 +315,22 @@ def load(task: TaskSpec, ctx: DataContext) -> TaskData:
                                 "category index would mean different things across splits", field="dataset.instances")
     out: dict[str, list[Example]] = {}
     paths: dict[str, Path] = {}
+    objects: dict[str, list[tuple[str, Box]]] = {}
     for ours in SPLITS:
         source = splits[ours]
         shared = splits["train"] == splits["validation"] and ours in ("train", "validation")
         keep = _holdout(ours, ds.validation_fraction) if shared else (lambda image_id: True)
         root = ctx.path(ds.images, "dataset.images", split=source)
         out[ours] = []
+        used: dict[int, str] = {}
         for info, ex in _examples(task, loaded[source], keep):
             out[ours].append(ex)
             paths.setdefault(ex.image_id, root / info.file_name)
+            used[info.id] = ex.image_id
+        objects.update(annotated_objects(loaded[source], used))
     require_files(list(paths.values()), f"COCO images for task '{task.name}'")
     classes = list(RELATIONS) if task.kind == "relation" else None
-    return TaskData(out, FileImages(paths), classes, vocab[0], fingerprint("coco", LOADER_VERSION, out))
+    return TaskData(out, FileImages(paths), classes, vocab[0], fingerprint("coco", LOADER_VERSION, out), objects)
 
 
 # COCO's 80 category names by id (2014 and 2017 share them): for sources that give only category ids.

@@ -47,6 +47,9 @@ class TaskData:
     classes: list[str] | None = None  # names of the target classes (classification tasks)
     categories: list[str] | None = None  # explicit query vocabulary (category names)
     fingerprint: str = ""  # content digest of the examples
+    # Every annotated object of each image, (category name, normalised box), whether or not an example asks
+    # about it: what the oracle prompt is built from. None where the dataset has no boxes (VSR).
+    objects: dict[str, list[tuple[str, Box]]] | None = None
 
     def image_ids(self) -> list[str]:
         seen: dict[str, None] = {}

@@ -42,7 +42,7 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import SPLITS, ReferDataset, TaskSpec
-from .coco import COCO_CATEGORY_NAMES, fingerprint, normalised, read_instances
+from .coco import COCO_CATEGORY_NAMES, annotated_objects, fingerprint, normalised, read_instances
 from .examples import Example, TaskData
 from .images import FileImages, require_files
 from .registry import DataContext, register_source
@@ -276,4 +276,13 @@ def load(task: TaskSpec, ctx: DataContext) -> TaskData:
     if skipped or empty:
         log.warning("%s: dropped %d refs whose box has no area and %d empty sentences", task.name, skipped, empty)
     return TaskData(out, FileImages(paths), None, None,
-                    fingerprint(f"refer:{ds.dataset}:{ds.split_by}", LOADER_VERSION, out))
+                    fingerprint(f"refer:{ds.dataset}:{ds.split_by}", LOADER_VERSION, out),
+                    None if ds.hub_id else _objects(ds, ctx, set(paths)))
+
+
+def _objects(ds: ReferDataset, ctx: DataContext, file_names: set[str]) -> dict:
+    """Every annotated object of the task's images, from instances.json (a Hub mirror has only the referred
+    ones, which would make an easier oracle than the image holds: it gets none)."""
+    where = ctx.path(ds.annotations, "dataset.annotations", dataset=ds.dataset, split_by=ds.split_by)
+    inst = read_instances(where / "instances.json")
+    return annotated_objects(inst, {i: info.file_name for i, info in inst.images.items() if info.file_name in file_names})

@@ -25,9 +25,9 @@ KINDS = ("region_localization", "relation", "vsr", "grounding")
 
 MIN_SIDE, MAX_SIDE, GAP = 0.15, 0.25, 0.02  # fractions of the image side
 RELATION_PAIRS_PER_SCENE = 6
-PER_SCENE = 2  # vsr statements and grounding expressions per scene
+GROUNDING_PER_SCENE = 4  # referring expressions per scene, each for another target, as many as the scene allows
 # Bump when layout, rendering or example construction changes, so stale caches keyed on fingerprints miss.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: vsr as minimal pairs over every pair; up to 4 grounding expressions per scene
 
 
 def stable_seed(*parts: object) -> int:
@@ -197,24 +197,23 @@ def _relation(scene: Scene, ds: SyntheticDataset, rng: random.Random, split: str
 
 
 def _vsr(scene: Scene, ds: SyntheticDataset, rng: random.Random, split: str) -> list[Item]:
+    """Minimal pairs: for every unordered pair with a clear relation, "the A is <rel> the B" (true) and "the B is
+    <rel> the A" (false), A drawn at random from the two. The statements share the image, the words and their
+    counts, so only word order bound to where things are tells them apart: a bag of words scores exactly
+    chance, labels are 50/50, and no caption's truth follows from the caption alone."""
     held = held_out_categories(ds) if ds.zero_shot else set()
     # Zero-shot: held-out combos are never named in train/validation and always named in test.
     pairs = [(a, b, r) for a, b, r in _pairs(scene, ds)
-             if not ds.zero_shot or (a.category in held or b.category in held) == (split == "test")]
+             if a.category < b.category
+             and (not ds.zero_shot or (a.category in held or b.category in held) == (split == "test"))]
     rng.shuffle(pairs)
-    chosen, seen = [], set()
-    for a, b, r in pairs:  # distinct unordered pairs: a statement and its converse carry the same fact
-        key = frozenset((a.category, b.category))
-        if key not in seen and len(chosen) < PER_SCENE:
-            seen.add(key)
-            chosen.append((a, b, r))
-    # Balance within each scene (one true, one false when there are two) keeps the split near 50/50.
-    labels = [1, 0] if len(chosen) == 2 else [rng.randint(0, 1) for _ in chosen]
-    rng.shuffle(labels)
     items: list[Item] = []
-    for (a, b, r), label in zip(chosen, labels):
-        word = RELATIONS[r if label else OPPOSITE[r]]  # the converse is definitely false for this pair
-        items.append((f"the {a.name} is {word} the {b.name}", label, {"relation": word}))
+    for a, b, r in pairs:
+        if rng.random() < 0.5:  # which object is the true statement's subject: else a name's order would give it away
+            a, b, r = b, a, OPPOSITE[r]
+        word = RELATIONS[r]
+        items.append((f"the {a.name} is {word} the {b.name}", 1, {"relation": word}))
+        items.append((f"the {b.name} is {word} the {a.name}", 0, {"relation": word}))
     return items
 
 
@@ -233,7 +232,7 @@ def _grounding(scene: Scene, ds: SyntheticDataset, rng: random.Random, split: st
     items: list[Item] = []
     targets: set[int] = set()
     for t, a, r in preferred + fallback:  # spatial qualifier matters first; unique shapes only to fill up
-        if t.category not in targets and len(items) < PER_SCENE:
+        if t.category not in targets and len(items) < GROUNDING_PER_SCENE:
             targets.add(t.category)
             word = RELATIONS[r]
             items.append((f"the {t.shape} {word} the {a.name}", scene.normalised(t), {"relation": word}))
@@ -275,4 +274,5 @@ def build_task_data(kind: str, ds: SyntheticDataset, splits: dict[str, str]) -> 
         out[split] = examples
     cells = [f"cell {r},{c}" for r in range(ds.grid) for c in range(ds.grid)] if ds.grid else None
     classes = {"region_localization": cells, "relation": list(RELATIONS), "vsr": ["false", "true"]}.get(kind)
-    return TaskData(out, SyntheticImages(scenes), classes, list(CATEGORIES), fingerprint(out))
+    objects = {sid: [(o.name, scene.normalised(o)) for o in scene.objects] for sid, scene in scenes.items()}
+    return TaskData(out, SyntheticImages(scenes), classes, list(CATEGORIES), fingerprint(out), objects)

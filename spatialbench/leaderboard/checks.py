@@ -10,13 +10,12 @@ import math
 
 from ..errors import SpatialbenchError
 from ..results import MetricSummary, Paired, RunResult, TaskResult
-from ..specs import SPLITS, TARGET_METRICS
+from ..specs import BASELINES, SPLITS, TARGET_METRICS
 from ..stats.metrics import PER_ITEM
 
 KNOWN_METRICS = sorted({m for names in TARGET_METRICS.values() for m in names})
 BOUNDED = set(KNOWN_METRICS)  # accuracy, macro-F1, Acc@IoU>=0.5 and mean IoU are all fractions
 REGIMES = ("frozen", "joint")
-BASELINES = ("blind", "random_resampler", "vision_patches")
 TOL = 1e-6  # float noise of a mean written to JSON and read back
 
 
@@ -140,12 +139,31 @@ def _check_condition(out: Problems, result: RunResult, task: TaskResult, field: 
         control = cond.control.mean if cond.control is not None else None
         check_paired(out, f"{field}.selectivity", cond.selectivity,
                      cond.metrics[headline].mean - control if control is not None else None)
+    if cond.recovered is not None:
+        _check_recovered(out, f"{field}.recovered", task, cond, headline)
     for group_key, values in cond.by_group.items():
         for value, g in values.items():
             _bounded(out, f"{field}.by_group.{group_key}.{value}.mean", g.mean, headline in BOUNDED)
         total, test = sum(g.n for g in values.values()), task.n.get("test")
         if test is not None and total > test:
             out.add(f"{field}.by_group.{group_key}", f"{total} items in all, more than n.test = {test}")
+
+
+def _check_recovered(out: Problems, field: str, task: TaskResult, cond, headline: str | None) -> None:
+    """(score - blind) / (oracle - blind) of the headline means, with a CI around it."""
+    lo, hi = cond.recovered.ci95
+    if not all(math.isfinite(x) for x in (cond.recovered.value, lo, hi)) or lo > hi:
+        out.add(f"{field}.ci95", f"[{_fmt(lo)}, {_fmt(hi)}] is not an interval around a finite value")
+    refs = [task.conditions.get(name) for name in ("blind", "oracle")]
+    if any(r is None for r in refs):
+        out.add(field, "is given, but the task lacks the blind or the oracle condition it is measured against")
+        return
+    if headline not in PER_ITEM or any(headline not in c.metrics for c in (cond, *refs)):
+        return
+    score, floor, ceiling = (c.metrics[headline].mean for c in (cond, *refs))
+    if ceiling - floor > TOL and abs(cond.recovered.value - (score - floor) / (ceiling - floor)) > 1e-4:
+        out.add(f"{field}.value", f"{_fmt(cond.recovered.value)} is not (score - blind) / (oracle - blind) = "
+                                  f"{_fmt((score - floor) / (ceiling - floor))}")
 
 
 def check_task(out: Problems, result: RunResult, key: str, task: TaskResult, allowed: list[str],

@@ -16,7 +16,7 @@ from ..errors import SpatialbenchError
 from ..results import ConditionResult, MetricSummary, Paired, RunResult, TaskResult
 
 # Conditions in the order the page lists them; any other name a runner might add sorts after these.
-CONDITION_ORDER = ("frozen", "joint", "blind", "random_resampler", "vision_patches")
+CONDITION_ORDER = ("frozen", "joint", "oracle", "vision_patches", "random_resampler", "blind")
 OTHER_GROUP = "other"  # tasks the registry does not know
 
 
@@ -173,6 +173,7 @@ def build_data(sources: list[Source], known: dict[str, dict] | None = None, titl
         gaps = cards[row["model"]]["gap"] if row["role"] == "regime" else {}
         row["gap_mean"] = _mean([g["diff"] for g in gaps.values()])
         row["selectivity_mean"] = _mean([s["diff"] for s in row["selectivity"].values()])
+        row["recovered_mean"] = _mean([r["value"] for r in row["recovered"].values()])
     groups = sorted({g for col in columns for g in col["groups"]})
     return {
         "format": 1, "title": title, "tool_version": __version__,
@@ -197,13 +198,16 @@ def _model_rows(model: _Model, card: dict, known: dict[str, dict]) -> list[dict]
         for cond_name, cond in conditions_of(task).items():
             row = rows.setdefault(cond_name, {
                 "model": model.card_index, "condition": cond_name, "role": cond.role, "limited": False,
-                "cells": {}, "selectivity": {}, "control": {}, "by_group": {}, "sources": []})
+                "cells": {}, "selectivity": {}, "control": {}, "recovered": {}, "by_group": {}, "sources": []})
             if source not in row["sources"]:
                 row["sources"].append(source)
             metric = cond.metrics.get(headline) if headline else None
             if metric is None:
                 continue
             row["cells"][name] = {**_interval(metric), "chance": _r(chance), "win": None}
+            if cond.recovered is not None:  # the share of the blind-to-oracle headroom
+                row["recovered"][name] = {"value": _r(cond.recovered.value), "lo": _r(cond.recovered.ci95[0]),
+                                          "hi": _r(cond.recovered.ci95[1])}
             if cond.selectivity is not None:
                 row["selectivity"][name] = _paired(cond.selectivity)
             if cond.control is not None:

@@ -1,6 +1,7 @@
-"""Every way a task is probed in one run: the regimes (frozen, joint) and the baselines (blind,
-random_resampler, vision_patches), each over the same items and seeds, plus control tasks for the
-explicit probes and the paired comparisons between them."""
+"""Every way a task is probed in one run: the regimes (frozen, joint) and the baselines (blind: the floor;
+oracle: the ceiling; random_resampler; vision_patches), each over the same items and seeds, plus control
+tasks for the explicit probes, the paired comparisons between them, and each condition's share of the
+floor-to-ceiling headroom."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter
-from ..results import ConditionResult, MetricSummary, Paired, SeedRun
+from ..results import ConditionResult, MetricSummary, Paired, Recovered, SeedRun
 from ..specs import RunConfig, TaskSpec
 from ..stats import control, metrics
-from ..stats.paired import paired_from_scores
+from ..stats.paired import paired_from_scores, recovered_from_scores
 from . import scoring
 from .fit import FitResult, ProbeInputs, fit, standardise
+from .heads import ProbeShape, check_budget, count_parameters
+from .inputs import probe_shape
 from .joint import JointEncoder, ResamplerSnapshot, resample_all
+from .oracle import oracle_features, oracle_shape
 
 RANDOM_RESAMPLER_SEED = 1234
 
@@ -30,8 +34,65 @@ class Condition:
     encoder: Callable[[], JointEncoder] | None = None  # joint: a fresh encoder per seed
 
 
+@dataclass
+class _Sources:
+    """What the baselines are built from, for one task."""
+
+    inputs: ProbeInputs
+    vision: torch.Tensor | None
+    adapter: Adapter
+    snapshot: ResamplerSnapshot | None
+    objects: dict | None
+
+    @property
+    def texts(self) -> list[str] | None:
+        """Each feature row's text, where the resampler reads one (InstructBLIP)."""
+        keys = self.inputs.row_keys
+        return [t for _, t in keys] if keys and keys[0][1] is not None else None
+
+    def standardised(self, features: torch.Tensor) -> ProbeInputs:
+        return self.inputs.with_features(standardise(features, self.inputs.splits["train"].image))
+
+
+def _blind(src: _Sources) -> ProbeInputs:
+    """The language prior: the same constant prompt for every item."""
+    return src.inputs.with_features(torch.zeros_like(src.inputs.features))
+
+
+def _vision_patches(src: _Sources) -> ProbeInputs:
+    """The vision encoder's patch tokens before the resampler: what there was to keep."""
+    return src.standardised(src.vision)
+
+
+def _random_resampler(src: _Sources) -> ProbeInputs:
+    """The resampler re-drawn at random and frozen: what the architecture gives untrained."""
+    src.snapshot.randomise(RANDOM_RESAMPLER_SEED)
+    prompts = resample_all(src.adapter, src.vision, src.texts)
+    src.snapshot.restore()
+    return src.standardised(prompts)
+
+
+def _oracle(src: _Sources) -> ProbeInputs:
+    """A prompt built from the annotations (the ceiling); see oracle.py."""
+    return src.standardised(oracle_features(src.objects, src.inputs.row_images))
+
+
+BASELINES: dict[str, Callable[[_Sources], ProbeInputs]] = {
+    "blind": _blind, "random_resampler": _random_resampler, "vision_patches": _vision_patches, "oracle": _oracle}
+NEEDS_VISION = {"random_resampler", "vision_patches"}  # and the joint regime: the vision-feature cache
+
+
+def unavailable(baseline: str, objects: dict | None) -> str | None:
+    """Why a baseline cannot be built for a task, or None: the oracle needs every object's box."""
+    return "the dataset gives no box for every object" if baseline == "oracle" and objects is None else None
+
+
+def available(baseline: str, objects: dict | None) -> bool:
+    return unavailable(baseline, objects) is None
+
+
 def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, adapter: Adapter,
-         snapshot: ResamplerSnapshot | None) -> list[Condition]:
+         snapshot: ResamplerSnapshot | None, objects: dict | None = None) -> list[Condition]:
     """The conditions this run asks for, over the task's feature rows."""
     regimes = ["frozen", "joint"] if config.regime == "both" else [config.regime]
     out = []
@@ -39,27 +100,34 @@ def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, ad
         out.append(Condition("frozen", "regime", inputs))
     if "joint" in regimes:
         train_rows = inputs.splits["train"].image.unique()
-        texts = [t for _, t in inputs.row_keys] if inputs.row_keys and inputs.row_keys[0][1] is not None else None
+        texts = _Sources(inputs, vision, adapter, snapshot, objects).texts
         train_texts = [texts[i] for i in train_rows.tolist()] if texts else None
         joint_inputs = inputs.with_features(vision)
         joint_inputs.shape = inputs.shape  # the probe reads prompts, not vision features
         out.append(Condition("joint", "regime", joint_inputs,
                              lambda: JointEncoder(adapter, vision[train_rows], train_texts,
                                                   checkpointing=config.gradient_checkpointing)))
-    for baseline in config.baselines:
-        if baseline == "blind":  # the language prior: the same constant prompt for every item
-            out.append(Condition("blind", "baseline", inputs.with_features(torch.zeros_like(inputs.features))))
-        elif baseline == "vision_patches":
-            train = inputs.splits["train"].image
-            out.append(Condition("vision_patches", "baseline", inputs.with_features(standardise(vision, train))))
-        elif baseline == "random_resampler":
-            snapshot.randomise(RANDOM_RESAMPLER_SEED)
-            texts = [t for _, t in inputs.row_keys] if inputs.row_keys and inputs.row_keys[0][1] is not None else None
-            prompts = resample_all(adapter, vision, texts)
-            snapshot.restore()
-            train = inputs.splits["train"].image
-            out.append(Condition("random_resampler", "baseline", inputs.with_features(standardise(prompts, train))))
+    src = _Sources(inputs, vision, adapter, snapshot, objects)
+    out += [Condition(name, "baseline", BASELINES[name](src)) for name in config.baselines if available(name, objects)]
     return out
+
+
+def check_budgets(config: RunConfig, task: TaskSpec, data, adapter: Adapter) -> None:
+    """Refuse, before any extraction, a probe above its parameter budget on any condition the run will fit."""
+    shapes = planned_shapes(config, probe_shape(task, data, adapter), adapter, data.objects, set(data.image_ids()))
+    for name, shape in shapes.items():
+        check_budget(shape, task.probe, f"the {name} input")
+
+
+def planned_shapes(config: RunConfig, shape: ProbeShape, adapter: Adapter, objects: dict | None,
+                   images: set[str]) -> dict[str, ProbeShape]:
+    """The probe shape of every condition the run will fit, before anything is extracted (for the budget)."""
+    prompt = {"blind": shape, "random_resampler": shape, "vision_patches": shape.with_prompt(
+        *adapter.shape_at("vision_patches")) if "vision_patches" in adapter.points else shape}
+    if objects is not None:
+        prompt["oracle"] = shape.with_prompt(*oracle_shape(objects, images))
+    regimes = ["frozen", "joint"] if config.regime == "both" else [config.regime]
+    return {**{r: shape for r in regimes}, **{b: prompt[b] for b in config.baselines if available(b, objects)}}
 
 
 def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInputs:
@@ -119,6 +187,7 @@ def summarise(cond: Condition, fits: list[FitResult], starts: list[str], task: T
         seeds=[SeedRun(seed=f.seed, best_epoch=f.best_epoch, epochs_run=f.epochs_run, validation=f.val_score,
                        seconds=f.seconds) for f in fits],
         resampler_start=starts,
+        probe_parameters=count_parameters(cond.inputs.shape, task.probe),
     )
     if control_fits:
         per_seed = [item_scores(task.headline, [f], c) for f, c in zip(control_fits, control_sets)]
@@ -130,6 +199,20 @@ def summarise(cond: Condition, fits: list[FitResult], starts: list[str], task: T
         result.selectivity = paired(cond.name, f"{cond.name}_control", task.headline,
                                     item_scores(task.headline, fits, cond.inputs), control_items, clusters)
     return result
+
+
+def recovered(items: dict[str, np.ndarray], clusters: np.ndarray) -> dict[str, Recovered]:
+    """Each condition's (score - blind) / (oracle - blind), where the run has both and the oracle is above blind."""
+    if "blind" not in items or "oracle" not in items:
+        return {}
+    out = {}
+    for name, scores in items.items():
+        if name in ("blind", "oracle"):  # 0 and 1 by definition
+            continue
+        r = recovered_from_scores(scores, items["blind"], items["oracle"], clusters)
+        if r is not None:
+            out[name] = Recovered(value=r[0], ci95=r[1])
+    return out
 
 
 def _mean_ci(scores: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:

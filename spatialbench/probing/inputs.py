@@ -29,6 +29,16 @@ def embed_texts(adapter: Adapter, texts: list[str]) -> tuple[torch.Tensor, torch
     return emb, mask
 
 
+def probe_shape(task: TaskSpec, data: TaskData, adapter: Adapter) -> ProbeShape:
+    """What the probe reads and writes, from the task, its data and the adapter's declared shapes alone
+    (nothing extracted), so a probe's size can be checked before any work."""
+    q, d = adapter.prompt_shape
+    if task.implicit:
+        return ProbeShape(q, d, n_outputs(task, data), text_dim=adapter.text_dim)
+    slots = len(data.splits["train"][0].query)
+    return ProbeShape(q, d, n_outputs(task, data), n_categories=len(data.categories or []), n_slots=slots)
+
+
 def conditions_on_text(task: TaskSpec, adapter: Adapter) -> bool:
     """Whether this task's query text goes into the resampler (InstructBLIP's instruction)."""
     return (adapter.reads_text and task.implicit and adapter.point != "vision_patches"
@@ -57,6 +67,7 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
         for ex in items:
             rows.setdefault(_feature_key(task, adapter, ex), len(rows))
     features = store.load([(data.images.content_key(image_id), text) for image_id, text in rows])
+    images = {image_id: i for i, image_id in enumerate(dict.fromkeys(image_id for image_id, _ in rows))}
     texts: dict[str, int] = {}
     if task.implicit:
         for items in data.splits.values():
@@ -75,17 +86,13 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
             target=torch.tensor([ex.target for ex in items], dtype=dtype),
             sizes=np.array([ex.image_size for ex in items], dtype=np.float64),
             texts=[ex.query for ex in items] if conditions_on_text(task, adapter) else None,
+            cluster=torch.tensor([images[ex.image_id] for ex in items], dtype=torch.long),
         )
 
     splits = {name: split(items) for name, items in data.splits.items()}
-    q, d = features.shape[1:]
-    if task.implicit:
-        text, mask = embed_texts(adapter, list(texts))
-        shape = ProbeShape(q, d, n_outputs(task, data), text_dim=text.shape[-1])
-    else:
-        text = mask = None
-        slots = len(data.splits["train"][0].query)
-        shape = ProbeShape(q, d, n_outputs(task, data), n_categories=len(data.categories or []), n_slots=slots)
+    text, mask = embed_texts(adapter, list(texts)) if task.implicit else (None, None)
+    shape = probe_shape(task, data, adapter).with_prompt(*features.shape[1:])
     inputs = ProbeInputs(standardise(features, splits["train"].image), splits, shape, task.target == "box", text, mask)
     inputs.row_keys = [(data.images.content_key(image_id), text) for image_id, text in rows]
+    inputs.row_images = [image_id for image_id, _ in rows]
     return inputs

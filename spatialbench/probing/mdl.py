@@ -14,12 +14,7 @@ import numpy as np
 
 from ..specs import ProbeSpec
 from ..stats import codelength
-from .fit import Encoder, ProbeInputs, Split, fit
-
-
-def subset(split: Split, rows: np.ndarray) -> Split:
-    texts = [split.texts[i] for i in rows.tolist()] if split.texts else None
-    return Split(split.image[rows], split.query[rows], split.target[rows], split.sizes[rows], texts)
+from .fit import Encoder, ProbeInputs, fit
 
 
 def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, accelerator,
@@ -38,8 +33,8 @@ def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, 
     ends = codelength.default_blocks(len(train))
     block_bits = []
     for start, end in zip(ends, ends[1:]):
-        splits = {"train": subset(train, order[:start]), "validation": inputs.splits["validation"],
-                  "test": subset(train, order[start:end])}
+        splits = {"train": train.subset(order[:start]), "validation": inputs.splits["validation"],
+                  "test": train.subset(order[start:end])}
         if before_fit:
             before_fit()
         result = fit(inputs.with_splits(splits), spec, seed, headline, accelerator, on_epoch=on_epoch,

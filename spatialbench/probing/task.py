@@ -125,6 +125,8 @@ class TaskProbing:
             fits_of[cond.name] = fits
         headline = self.task.headline
         items = {c.name: conditions.item_scores(headline, fits_of[c.name], c.inputs) for c in self.plan}
+        for name, share in conditions.recovered(items, clusters).items():
+            results[name].recovered = share
         comparisons = {}
         if "frozen" in items and "joint" in items:
             comparisons["joint_vs_frozen"] = conditions.paired(

@@ -141,3 +141,25 @@ def selectivity(
     res = _compare(metric, [(p, np.asarray(task_target)) for p in task_preds],
                    [(p, np.asarray(control_target)) for p in control_preds], clusters, n_boot, seed)
     return SelectivityResult(res.a, res.b, res.diff, res.ci95)
+
+
+def recovered_from_scores(scores, floor, ceiling, clusters, n_boot: int = 2000,
+                          seed: int = 0) -> tuple[float, tuple[float, float]] | None:
+    """(score - floor) / (ceiling - floor) of the means, with a percentile CI from the same cluster draws applied
+    to all three (paired: the items are the same); None when the ceiling is not above the floor.
+
+    Replicates whose ceiling does not exceed their floor have no ratio and are left out of the CI."""
+    arrays = [np.asarray(x, dtype=float) for x in (scores, floor, ceiling)]
+    clusters = np.asarray(clusters)
+    if any(a.shape != arrays[0].shape or a.ndim != 1 for a in arrays) or len(clusters) != len(arrays[0]):
+        raise ValueError("need three equal-length 1-D score arrays and one cluster per item")
+    c, f, o = (a.mean() for a in arrays)
+    if not o - f > 0:
+        return None
+    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
+    size = np.bincount(inv, minlength=n_clusters).astype(float)[draws].sum(axis=1)
+    rep = [np.bincount(inv, weights=a, minlength=n_clusters)[draws].sum(axis=1) / size for a in arrays]
+    span = rep[2] - rep[1]
+    ratio = np.where(span > 0, (rep[0] - rep[1]) / np.where(span > 0, span, 1.0), np.nan)
+    lo, hi = np.nanquantile(ratio, [0.025, 0.975])
+    return float((c - f) / (o - f)), (float(lo), float(hi))

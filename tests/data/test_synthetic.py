@@ -259,7 +259,6 @@ def test_vsr_balanced_and_correct():
     margin = ds.relation_margin * ds.image_size
     items = data.splits["train"]
     assert len(items) > 300
-    assert 0.4 <= sum(ex.target for ex in items) / len(items) <= 0.6
     for ex in items:
         a, word, b = parse_statement(scenes_of(data)[ex.image_id], ex.query)
         truth = relation(a.box, b.box, margin)
@@ -268,7 +267,23 @@ def test_vsr_balanced_and_correct():
         if ex.target == 0:
             assert word == OPPOSITE[truth]
         assert ex.groups == {"relation": RELATIONS[word]}
-    assert max(sum(ex.image_id == i for ex in items) for i in {ex.image_id for ex in items}) <= 2
+    # Minimal pairs: every true "A w B" has its false "B w A" in the same image (same words, same counts), every
+    # clear pair of a scene is asked about, and which object is the true statement's subject is drawn at random.
+    by_image: dict[str, set] = {}
+    for ex in items:
+        by_image.setdefault(ex.image_id, set()).add((ex.query, ex.target))
+    subjects_first = 0
+    for image_id, statements in by_image.items():
+        scene = scenes_of(data)[image_id]
+        for query, target in statements:
+            a, word, b = parse_statement(scene, query)
+            assert (f"the {b.name} is {RELATIONS[word]} the {a.name}", 1 - target) in statements
+            subjects_first += target == 1 and a.category < b.category
+        clear = {frozenset((a.category, b.category)) for a in scene.objects for b in scene.objects
+                 if a is not b and relation(a.box, b.box, margin) is not None}
+        assert len(statements) == 2 * len(clear)
+    assert sum(ex.target for ex in items) * 2 == len(items)
+    assert 0.4 < subjects_first / (len(items) / 2) < 0.6
 
 
 def test_vsr_zero_shot():

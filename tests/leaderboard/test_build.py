@@ -31,7 +31,7 @@ def test_build_writes_a_self_contained_site(results, tmp_path):
     out = tmp_path / "site"
     result = build(*results, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "6 rows (3 models x regimes and baselines), 3 tasks" in result.output
+    assert "7 rows (3 models x regimes and baselines), 3 tasks" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted([*ASSETS, "data.js", "data.json"])
     data = json.loads((out / "data.json").read_text())
     assert _data_js((out / "data.js").read_text()) == data
@@ -67,3 +67,14 @@ def test_the_leaderboard_reads_results_without_the_runner_trainer_or_torch():
             "or m in ('spatialbench.runner', 'spatialbench.probing.fit', 'spatialbench.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_results_of_an_older_task_version_never_join_a_board_of_the_current_ones(results, tmp_path):
+    """A protocol-v1 run (schema 2, synth_relation v3) beside current runs: the build refuses it, naming the
+    version, rather than put numbers of two protocols in one column."""
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parents[2] / "docs" / "runs" / "protocol-v1" / "blip2-tiny-synthetic-both.json"
+    result = build(*results, old, "--out", tmp_path / "site")
+    assert result.exit_code != 0 and not (tmp_path / "site" / "index.html").exists()
+    assert "version 3 of 'synth_relation' is not known; the registry has version 4" in result.output

@@ -84,16 +84,25 @@ def _expected_order(data, task, descending=True):
 
 def test_the_page_renders_every_row_with_no_console_errors(page, site, tmp_path):
     _, data = site
-    assert sorted(page.rows()) == sorted(_label(data, r) for r in data["rows"]) and len(page.rows()) == 6
+    assert sorted(page.rows()) == sorted(_label(data, r) for r in data["rows"]) and len(page.rows()) == 7
     assert [k for k in page.headers() if k.startswith("task:")] == ["task:tiny_grid", "task:tiny_relation",
                                                                     "task:tiny_vsr"]
-    assert page.page.text_content("#count") == "6 of 6 rows"
+    assert page.page.text_content("#count") == "7 of 7 rows"
     assert "chance" in page.page.text_content('th[data-key="task:tiny_vsr"]')
     # the gap column: mean over tasks, and per task its diff with CI and p-value in the tooltip
     gap = data["models"][0]["gap"]["tiny_relation"]
     at = page.rows().index(("blip2-tiny", "joint"))
     title = page.page.locator("#board tbody tr").nth(at).locator("td").nth(-2).get_attribute("title")
     assert f"tiny_relation: joint − frozen {gap['diff']:+.3f} [{gap['lo']:.3f}, {gap['hi']:.3f}]" in title
+    # the recovered column: the mean over shown tasks of (x - blind) / (oracle - blind), per task in the tooltip
+    row = next(r for r in data["rows"] if _label(data, r) == ("blip2-tiny", "frozen"))
+    shares = row["recovered"]
+    assert shares and "blind" not in shares and "oracle" not in shares
+    cell = page.page.locator("#board tbody tr").nth(page.rows().index(("blip2-tiny", "frozen"))).locator("td").nth(-3)
+    assert page.column("recovered")[page.rows().index(("blip2-tiny", "frozen"))] == \
+        f"{sum(v['value'] for v in shares.values()) / len(shares):.3f}"
+    task, share = next(iter(shares.items()))
+    assert f"{task}: recovered {share['value']:.3f} [{share['lo']:.3f}, {share['hi']:.3f}]" in cell.get_attribute("title")
     shot = tmp_path / "leaderboard.png"
     page.page.screenshot(path=str(shot), full_page=True)
     print(f"\nscreenshot of the test page: {shot}")  # shown with -s or -rP; pytest keeps tmp_path afterwards
@@ -135,7 +144,7 @@ def test_filters_and_search_leave_the_matching_rows(page, site):
     page.page.fill("#search", "blip2 blind")  # every word must match
     assert page.rows() == [("blip2-tiny", "blind")]
     page.page.fill("#search", "")
-    assert len(page.rows()) == 6 and page.page.text_content("#count") == "6 of 6 rows"
+    assert len(page.rows()) == 7 and page.page.text_content("#count") == "7 of 7 rows"
     assert page.errors == []
 
 
@@ -170,6 +179,9 @@ def test_a_row_opens_the_models_detail_with_an_svg_chart(page):
     values = relation.locator("h4:text-is('relation') + table tbody tr td:first-child").all_text_contents()
     raw = fixture_data("blip2-tiny")["tasks"]["tiny_relation"]["conditions"]["joint"]["by_group"]["relation"]
     assert values == sorted(raw)
+    shares = detail.locator("h3:text-is('Recovered: share of the blind-to-oracle headroom [95% CI]') + table")
+    assert shares.locator("thead th").all_text_contents() == ["task", "frozen", "joint"]
+    assert shares.locator("tbody tr").count() == 3
     detail.locator("button.close").click()
     assert not detail.is_visible()
     assert page.errors == []

@@ -35,7 +35,7 @@ def test_one_row_per_model_and_condition_with_columns_from_the_results(known):
     assert rows == expected and len(data["rows"]) == len(expected)
     assert [t["name"] for t in data["tasks"]] == ["tiny_grid", "tiny_relation", "tiny_vsr"]
     assert data["families"] == ["blip2", "idefics2", "kosmos2"]
-    assert data["conditions"] == ["frozen", "joint", "blind"]
+    assert data["conditions"] == ["frozen", "joint", "oracle", "blind"]
     grid = next(t for t in data["tasks"] if t["name"] == "tiny_grid")
     assert grid["groups"] == ["tiny", "explicit"] and grid["headline"] == "accuracy" and grid["version"] == 1
 
@@ -74,10 +74,10 @@ def test_win_share_is_the_fraction_of_other_rows_beaten_with_ties_counting_half(
     scores = {"blip2-tiny": 0.9, "kosmos2-tiny": 0.5, "idefics2-tiny": 0.5}
     data = build_data(_sources(*MODELS, edit=_with_scores(scores)), known)
     wins = {(data["models"][r["model"]]["name"], r["condition"]): r["cells"]["tiny_vsr"]["win"] for r in data["rows"]}
-    # six rows score 0.9 (blip2: frozen, joint, blind) or 0.5 (kosmos2 x2, idefics2 x1)
-    assert wins[("blip2-tiny", "frozen")] == pytest.approx((3 + 0.5 * 2) / 5)
-    assert wins[("kosmos2-tiny", "joint")] == pytest.approx((0 + 0.5 * 2) / 5)
-    assert wins[("idefics2-tiny", "frozen")] == pytest.approx(0.2)
+    # seven rows score 0.9 (blip2: frozen, joint, oracle, blind) or 0.5 (kosmos2 x2, idefics2 x1)
+    assert wins[("blip2-tiny", "frozen")] == pytest.approx((3 + 0.5 * 3) / 6)
+    assert wins[("kosmos2-tiny", "joint")] == pytest.approx((0 + 0.5 * 2) / 6, abs=1e-6)  # stored to 6 decimals
+    assert wins[("idefics2-tiny", "frozen")] == pytest.approx(1 / 6, abs=1e-6)
 
 
 def test_files_of_one_model_merge_and_a_task_given_twice_is_refused(known):
@@ -88,7 +88,7 @@ def test_files_of_one_model_merge_and_a_task_given_twice_is_refused(known):
         return edit
 
     merged = build_data(_sources("blip2-tiny", edit=split(0)) + _sources("blip2-tiny", edit=split(1)), known)
-    assert len(merged["models"]) == 1 and len(merged["rows"]) == 3
+    assert len(merged["models"]) == 1 and len(merged["rows"]) == 4
     assert set(merged["rows"][0]["cells"]) == {"tiny_grid", "tiny_relation", "tiny_vsr"}
     with pytest.raises(SpatialbenchError, match="tasks.tiny_grid.*also in blip2-tiny.json"):
         build_data(_sources("blip2-tiny", "blip2-tiny"), known)

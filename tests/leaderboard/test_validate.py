@@ -81,6 +81,14 @@ def selectivity_is_not_task_minus_control(d):
     d["tasks"]["tiny_relation"]["conditions"]["joint"]["selectivity"]["diff"] += 0.1
 
 
+def recovered_is_not_the_share(d):
+    d["tasks"]["tiny_vsr"]["conditions"]["frozen"]["recovered"]["value"] += 0.3
+
+
+def recovered_without_its_ceiling(d):
+    del d["tasks"]["tiny_relation"]["conditions"]["oracle"]
+
+
 def baseline_as_regime(d):
     d["tasks"]["tiny_vsr"]["conditions"]["blind"]["role"] = "regime"
 
@@ -106,6 +114,9 @@ CASES = [
     (gap_is_not_the_difference, "tasks.tiny_grid.comparisons.joint_vs_frozen.diff", "is not the difference"),
     (selectivity_is_not_task_minus_control, "tasks.tiny_relation.conditions.joint.selectivity.diff",
      "is not the difference"),
+    (recovered_is_not_the_share, "tasks.tiny_vsr.conditions.frozen.recovered.value",
+     "is not (score - blind) / (oracle - blind)"),
+    (recovered_without_its_ceiling, "tasks.tiny_relation.conditions.frozen.recovered", "lacks the blind or the oracle"),
     (baseline_as_regime, "tasks.tiny_vsr.conditions.blind.role", "blind is a baseline"),
     (wrong_type, "tasks.tiny_vsr.conditions.frozen.metrics.accuracy.mean", "valid number"),
     (unknown_key, "tasks.tiny_grid.score", "unknown key"),

@@ -73,7 +73,7 @@ def _spec(arch: str, **kw) -> ProbeSpec:
     return ProbeSpec(**{**options, **kw})
 
 
-@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_probe_reads_features_that_encode_the_class(arch):
     inputs = _class_inputs(encode=True)
     result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
@@ -82,11 +82,11 @@ def test_probe_reads_features_that_encode_the_class(arch):
 
 def test_attention_probe_with_text_queries_reads_the_class():
     inputs = _class_inputs(encode=True, implicit=True)
-    result = fit(inputs, _spec("attention"), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
+    result = fit(inputs, _spec("attentive"), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
     assert metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy()) >= 0.95
 
 
-@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_box_probe_reads_features_that_encode_the_box(arch):
     inputs = _box_inputs()
     result = fit(inputs, _spec(arch, epochs=80, patience=15), seed=0, headline="acc_iou50",
@@ -95,7 +95,7 @@ def test_box_probe_reads_features_that_encode_the_box(arch):
     assert metrics.METRICS["acc_iou50"](result.test_pred, test.target.numpy()) >= 0.95
 
 
-@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_probe_on_shuffled_labels_stays_at_chance(arch):
     inputs = _class_inputs(encode=False)
     result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))

@@ -284,3 +284,21 @@ def test_default_blocks():
         ends = default_blocks(n)
         assert ends[0] >= 1 and ends[-1] == n
         assert (np.diff(ends) > 0).all()
+
+
+def test_recovered_is_the_share_of_the_floor_to_ceiling_headroom_with_a_paired_ci():
+    from spatialbench.stats.paired import recovered_from_scores
+
+    clusters = np.repeat(np.arange(50), 2)
+    floor = np.full(100, 0.5)
+    ceiling = np.ones(100)
+    score = np.tile([1.0, 0.5], 50)  # half the items at the ceiling, half at the floor: 0.75 = 50% of the way
+    value, (lo, hi) = recovered_from_scores(score, floor, ceiling, clusters)
+    assert value == pytest.approx(0.5)
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)  # each image holds one of each: no spread
+    noisy = np.random.default_rng(0).random(100)
+    value, (lo, hi) = recovered_from_scores(noisy, floor * 0, ceiling, clusters)
+    assert value == pytest.approx(noisy.mean()) and lo < value < hi
+    assert recovered_from_scores(score, ceiling, floor, clusters) is None  # a ceiling below the floor: undefined
+    with pytest.raises(ValueError):
+        recovered_from_scores(score, floor[:10], ceiling, clusters)
