@@ -53,7 +53,13 @@ class Point(str, Enum):
     vision_patches = "vision_patches"
 
 
+class ResamplerMode(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
 class Precision(str, Enum):
+    auto = "auto"
     no = "no"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -71,7 +77,8 @@ def run(
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
     mixed_precision: Annotated[Precision, typer.Option(
-        help="training precision of the probe and, in the joint regime, the resampler (accelerate)")] = Precision.no,
+        help="training precision of the probe and, in the joint regime, the resampler (accelerate); auto: bf16 "
+             "autocast on a GPU that supports it, none on CPU")] = Precision.auto,
     point: Annotated[Optional[Point], typer.Option(
         help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
@@ -83,11 +90,18 @@ def run(
     regime: Annotated[Regime, typer.Option(
         help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")] = Regime.frozen,
     baselines: Annotated[str, typer.Option(
-        help="comma-separated: blind, oracle, random_resampler, vision_patches; 'all' or 'none'")] = "all",
+        help=f"comma-separated: {', '.join(BASELINES)}; 'all' or 'none' (joint_random runs with the joint regime)"
+    )] = "all",
     control: Annotated[bool, typer.Option(
         help="control tasks and selectivity for the explicit probes (see docs/methodology.md)")] = True,
-    resampler_lr: Annotated[Optional[float], typer.Option(
-        help="joint regime: the resampler's learning rate [default: the card's resampler_lr]", min=0)] = None,
+    resampler_lr: Annotated[Optional[list[float]], typer.Option(
+        help="joint regime: the resampler's learning rate; repeat for a grid selected on validation "
+             "[default: the card's resampler_lr]", min=0)] = None,
+    resampler_mode: Annotated[Optional[ResamplerMode], typer.Option(
+        help="joint regime: train keeps the resampler's dropout on, as fine-tuning does; eval turns it off "
+             "[default: the card's resampler_mode]")] = None,
+    data_seed: Annotated[Optional[int], typer.Option(
+        help="synthetic tasks: draw the scenes with this seed, not the task's (a confirmation run)")] = None,
     mdl: Annotated[bool, typer.Option(
         help="MDL probing: online codelength and compression per classification task and regime")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(
@@ -105,7 +119,8 @@ def run(
                            mixed_precision=mixed_precision.value, point=point.value if point else None,
                            trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root,
                            regime=regime.value, baselines=_baselines(baselines), control=control,
-                           resampler_lr=resampler_lr, mdl=mdl,
+                           resampler_lr=resampler_lr or None, mdl=mdl, data_seed=data_seed,
+                           resampler_mode=resampler_mode.value if resampler_mode else None,
                            gradient_checkpointing=gradient_checkpointing, command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
@@ -142,9 +157,10 @@ def demo(
     """The embedded default: the tiny BLIP-2 built in code on the two explicit grid and relation tasks, between
     the blind floor and the oracle ceiling. Offline, CPU, minutes."""
     run(model="blip2-tiny", tasks=DEMO_TASKS, seeds=seeds, limit=None, output=output, batch_size=64,
-        device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.no, point=None,
+        device=Device.auto, cache_dir=None, include_path=None, mixed_precision=Precision.auto, point=None,
         trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.frozen, baselines="blind,oracle",
-        control=False, resampler_lr=None, mdl=False, gradient_checkpointing=False)
+        control=False, resampler_lr=None, resampler_mode=None, data_seed=None, mdl=False,
+        gradient_checkpointing=False)
 
 
 @app.command()

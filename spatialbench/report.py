@@ -65,6 +65,9 @@ class Reporter:
                            f"{tuple(result.visual_prompt_shape)}, {len(result.seeds)} seed(s)")
         for task in result.tasks.values():
             self.console.print(task_table(task))
+        if any(c.p_holm is not None for t in result.tasks.values() for c in t.comparisons.values()):
+            self.console.print("p: paired bootstrap over seeds and images; Holm: adjusted over every comparison of the "
+                               "run's tasks together")
         if any(c.recovered for t in result.tasks.values() for c in t.conditions.values()):
             self.console.print("recovered = (score - blind) / (oracle - blind): the share of the headroom between the "
                                "language prior and a prompt that holds every object's box (docs/methodology.md)")
@@ -109,7 +112,8 @@ def task_table(task) -> Table:
         if cond and cond.mdl:
             table.add_row(f"{name} MDL ({cond.mdl.codelength_bits:.0f} bits)", f"{cond.mdl.compression:.2f}x", "", "")
     for c in task.comparisons.values():
-        table.add_row(f"{c.a} - {c.b} ({p_text(c.p_value)})", f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), "")
+        holm = f", Holm {p_value(c.p_holm)}" if c.p_holm is not None else ""
+        table.add_row(f"{c.a} - {c.b} ({p_text(c.p_value)}{holm})", f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), "")
     for note in task.notes:
         table.add_row(f"[yellow]{escape(note)}[/yellow]", "", "", "")
     return table

@@ -16,8 +16,9 @@ from .atomic import atomic_write
 from .specs import ModelCard, ProbeSpec, Strict
 
 # 2 added conditions (regimes, baselines, control, MDL) and comparisons; 3 the oracle, recovered, probe_parameters
-# and task notes. Older files still read.
-SCHEMA_VERSION = 3
+# and task notes; 4 the validation-selected lr grid, joint_random, the comparisons' p_holm, the joint regime's
+# training recipe, the data seed and the test images seen in train. Older files still read.
+SCHEMA_VERSION = 4
 LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
 
 
@@ -28,12 +29,22 @@ class MetricSummary(Strict):
     per_seed: list[float]
 
 
+class GridPoint(Strict):
+    lr: float | None
+    resampler_lr: float | None = None
+    validation: float = Field(description="headline on validation at this point's best epoch")
+    best_epoch: int
+
+
 class SeedRun(Strict):
     seed: int
     best_epoch: int
     epochs_run: int
     validation: float = Field(description="headline metric on validation at the selected epoch")
-    seconds: float
+    seconds: float = Field(description="training time of this seed, every grid point included")
+    lr: float | None = Field(None, description="the probe lr selected on validation")
+    resampler_lr: float | None = Field(None, description="the resampler lr selected on validation (trained resampler)")
+    grid: list[GridPoint] = Field(default_factory=list, description="every grid point fitted, when there were several")
 
 
 class GroupScore(Strict):
@@ -50,6 +61,7 @@ class Paired(Strict):
     diff: float = Field(description="a - b, seed-averaged")
     ci95: tuple[float, float]
     p_value: float
+    p_holm: float | None = Field(None, description="Holm-adjusted over every comparison of every task in the run")
 
 
 class Recovered(Strict):
@@ -65,8 +77,23 @@ class Mdl(Strict):
     compression: float
 
 
+JOINT_RECIPE = ("AdamW; weight decay (each task's probe.weight_decay) on linear weights only, not on norms, biases "
+                "or query tokens; linear warmup over probe.warmup of the steps, then cosine to zero; gradient-norm "
+                "clipping at probe.clip_grad_norm over probe and resampler together")
+
+
+class JointTraining(Strict):
+    """How the joint regime (and joint_random) trained the resampler."""
+
+    recipe: str = JOINT_RECIPE
+    resampler_lr: list[float] = Field(description="the grid, crossed with the probe's lr grid and selected on validation")
+    resampler_mode: Literal["train", "eval"] = Field(description="train: the resampler's dropout is on in training")
+    mixed_precision: str
+
+
 class ConditionResult(Strict):
-    """One way of probing a task: a regime (frozen, joint) or a baseline (blind, random_resampler, vision_patches)."""
+    """One way of probing a task: a regime (frozen, joint) or a baseline (blind, oracle, random_resampler,
+    vision_patches, joint_random)."""
 
     role: Literal["regime", "baseline"]
     metrics: dict[str, MetricSummary]
@@ -106,6 +133,8 @@ class TaskResult(Strict):
     conditions: dict[str, ConditionResult] = Field(default_factory=dict)
     comparisons: dict[str, Paired] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list, description="what this task could not do and why (e.g. no oracle)")
+    test_images_in_train: float | None = Field(
+        None, description="share of test items whose image also occurs in train (by_group 'image' splits them)")
 
 
 class ExtractionStats(Strict):
@@ -121,7 +150,7 @@ class ExtractionStats(Strict):
 
 
 class RunResult(Strict):
-    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3, 4] = SCHEMA_VERSION
     tool_version: str = __version__
     git_hash: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -133,7 +162,11 @@ class RunResult(Strict):
     seeds: list[int]
     regimes: list[str] = Field(default_factory=lambda: ["frozen"])
     baselines: list[str] = Field(default_factory=list)
-    resampler_lr: float | None = Field(None, description="the joint regime's resampler learning rate, if it ran")
+    resampler_lr: float | list[float] | None = Field(
+        None, description="the joint regime's resampler learning rate(s), if it ran (a grid since schema 4)")
+    joint_training: JointTraining | None = None
+    mixed_precision: str | None = Field(None, description="the probes' (and a trained resampler's) autocast")
+    data_seed: int | None = Field(None, description="the synthetic scenes' seed, when --data-seed replaced the tasks'")
     limit: int | None = None
     limit_note: str | None = None
     device: str = "cpu"

@@ -26,7 +26,8 @@ from .probing.joint import ResamplerSnapshot
 from .probing.task import TaskProbing
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, RunResult, TaskResult, git_hash
+from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, git_hash
+from .stats.bootstrap import holm
 from .specs import ModelCard, RunConfig, TaskSpec
 
 
@@ -47,13 +48,42 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """auto: bf16 autocast on a GPU that has it (the field's default for fine-tuning), none on CPU."""
+    if precision != "auto":
+        return precision
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def with_data_seed(task: TaskSpec, seed: int) -> TaskSpec:
+    """The task with its synthetic scenes drawn from another seed (a confirmation run); others unchanged."""
+    if task.dataset.source != "synthetic":
+        return task
+    return task.model_copy(update={"dataset": task.dataset.model_copy(update={"seed": seed})})
+
+
+def data_seed_note(task: TaskSpec, seed: int | None) -> list[str]:
+    if seed is None or task.dataset.source == "synthetic":
+        return []
+    return [f"--data-seed {seed}: not applied (a {task.dataset.source} task has fixed splits)"]
+
+
+def adjust_holm(result: RunResult) -> None:
+    """Holm-adjust every comparison of every finished task together: one family per run."""
+    family = [c for t in result.tasks.values() for c in t.comparisons.values()]
+    for c, p in zip(family, holm([c.p_value for c in family])):
+        c.p_holm = p
+
+
 class Runner:
     def __init__(self, config: RunConfig, reporter: Reporter | None = None):
         self.config, self.reporter = config, reporter or Reporter()
         self.tasks = TaskRegistry(config.include_paths).resolve(config.tasks)
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=config.mixed_precision)
+        self.accelerator = Accelerator(cpu=device == "cpu",
+                                       mixed_precision=resolve_precision(config.mixed_precision, device))
         if not self.accelerator.is_main_process:  # under `accelerate launch`, one process speaks
             self.reporter = Reporter(Console(quiet=True))
         self.cache_dir = Path(config.cache_dir or default_cache_dir())
@@ -61,7 +91,11 @@ class Runner:
         self.out_dir = Path(config.output) / self.card.name
         self.results_path = self.out_dir / "results.json"
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
-        self.resampler_lr = config.resampler_lr or self.card.resampler_lr
+        self.resampler_lr = config.resampler_lr or self.card.resampler_lr  # a grid
+        self.resampler_mode = config.resampler_mode or self.card.resampler_mode
+        self.mixed_precision = resolve_precision(config.mixed_precision, device)
+        if config.data_seed is not None:
+            self.tasks = [with_data_seed(t, config.data_seed) for t in self.tasks]
         self.cells = CellStore(self.out_dir / "cells")
 
     def _save(self, result: RunResult) -> None:
@@ -76,16 +110,19 @@ class Runner:
                 self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
                 trust_remote_code=config.trust_remote_code)
         store = FeatureStore(adapter, self.cache_dir, config.batch_size)
-        uses_vision = config.regime != "frozen" or bool(conditions.NEEDS_VISION & set(config.baselines))
+        uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
         vision = FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches") if uses_vision else None
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
-        self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), repr(self.resampler_lr),
-                              config.mixed_precision)
+        self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
+                              self.resampler_mode)
         result = RunResult(
             git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
             point=adapter.point, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
-            regimes=["frozen", "joint"] if config.regime == "both" else [config.regime], baselines=config.baselines,
-            resampler_lr=self.resampler_lr if config.regime != "frozen" else None, limit=config.limit,
+            regimes=config.regimes, baselines=config.baselines,
+            resampler_lr=self.resampler_lr if "joint" in config.regimes else None, limit=config.limit,
+            joint_training=JointTraining(resampler_lr=self.resampler_lr, resampler_mode=self.resampler_mode, mixed_precision=self.mixed_precision)
+            if "joint" in config.regimes else None,
+            mixed_precision=self.mixed_precision, data_seed=config.data_seed,
             limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
         )
         loaded: dict[str, tuple[TaskData, float]] = {}
@@ -117,6 +154,7 @@ class Runner:
                 result.tasks[task.name] = self._probe(task, data, store, vision, adapter, load_seconds)
             except Exception as e:
                 result.tasks[task.name] = self._failed(task, e)
+            adjust_holm(result)
             self._save(result)  # after every task: a crash loses at most the task in flight
         return result
 
@@ -167,7 +205,8 @@ class Runner:
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
         vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
-        plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects)
+        plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects,
+                               self.resampler_mode)
         probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:
@@ -176,12 +215,12 @@ class Runner:
         self.accelerator.wait_for_everyone()  # every process's cells are on disk before anyone sums up
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
-        results, fits_of, comparisons, items = probing.summarise(examples, clusters)
+        results, fits_of, comparisons, scores = probing.summarise(examples, clusters)
         primary = next(c.name for c in plan if c.role == "regime")
         predictions = self.out_dir / f"samples_{task.name}.jsonl"
         if self.accelerator.is_main_process:
             scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box,
-                                      items)
+                                      {name: s.mean(axis=0) for name, s in scores.items()})
         main = results[primary]
         return TaskResult(
             name=task.name, kind=task.kind, version=task.version, status="ok", target=task.target,
@@ -194,5 +233,7 @@ class Runner:
             timings={"load": load_seconds, "train": time.perf_counter() - start},
             predictions_file=predictions.name, conditions=results, comparisons=comparisons,
             notes=[f"{b}: not available here ({why})" for b in self.config.baselines
-                   if (why := conditions.unavailable(b, data.objects))],
+                   if (why := conditions.unavailable(b, data.objects, self.config.regimes))] + data_seed_note(
+                       task, self.config.data_seed),
+            test_images_in_train=data.test_images_in_train(),
         )

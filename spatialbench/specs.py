@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 TaskKind = Literal["region_localization", "relation", "vsr", "grounding"]
 SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
 # The reference conditions: blind is the floor (the language prior), oracle the ceiling (a prompt built from the
 # annotations), random_resampler the untrained architecture, vision_patches what there was to compress.
-BASELINES = ("blind", "oracle", "random_resampler", "vision_patches")
+# joint_random (the joint regime from a random start) is the joint regime's control and runs only beside it.
+BASELINES = ("blind", "oracle", "random_resampler", "vision_patches", "joint_random")
 
 # The metrics each target type can report; the first listed in a task is its headline.
 TARGET_METRICS: dict[str, tuple[str, ...]] = {
@@ -32,6 +33,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _grid(value: Any) -> Any:
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A learning rate or a grid of them, written as one number or a list; always a list once read.
+LrGrid = Annotated[list[Annotated[float, Field(gt=0.0)]], BeforeValidator(_grid), Field(min_length=1)]
+
+
 class ProbeSpec(Strict):
     """The probe head and how it is trained (see docs/methodology.md for why these defaults)."""
 
@@ -48,7 +57,8 @@ class ProbeSpec(Strict):
     max_parameters: int = Field(5_000_000, ge=1, description="a probe with more trainable parameters is refused "
                                 "before any extraction (the flattened mlp over a large prompt)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lr: float = Field(5e-4, gt=0.0)
+    lr: LrGrid = Field(default_factory=lambda: [3e-4, 1e-3], description="learning rate, or a grid: every seed "
+                       "is fitted at each value and the best on validation is kept (test is scored once)")
     weight_decay: float = Field(0.05, ge=0.0)
     warmup: float = Field(0.05, ge=0.0, lt=1.0, description="share of the training steps with a linear lr warmup; "
                           "then cosine decay to zero at the last epoch")
@@ -65,7 +75,7 @@ class ProbeSpec(Strict):
 
     @model_validator(mode="after")
     def _finite(self) -> ProbeSpec:
-        infinite = [name for name in ("lr", "weight_decay") if getattr(self, name) == float("inf")]
+        infinite = [name for name in ("lr", "weight_decay") if float("inf") in _grid(getattr(self, name))]
         if infinite:
             raise ValueError(f"{' and '.join(infinite)} must be finite (got .inf): training would only produce NaN")
         return self
@@ -199,9 +209,12 @@ class ModelCard(Strict):
         "projected", description="extraction point: LLM input, raw resampler output, or pre-resampler patches"
     )
     description: str = ""
-    resampler_lr: float = Field(
-        1e-4, gt=0.0, description="joint regime: the resampler's learning rate unless --resampler-lr overrides it"
-    )
+    resampler_lr: LrGrid = Field(
+        default_factory=lambda: [1e-5, 1e-4], description="joint regime: the resampler's learning rate, or a grid "
+        "crossed with the probe's (selected on validation); --resampler-lr overrides it. The default spans BLIP-2's "
+        "published recipes: 1e-5 for fine-tuning (AdamW, weight decay 0.05, cosine), 1e-4 for its pretraining")
+    resampler_mode: Literal["train", "eval"] = Field(
+        "train", description="joint regime: the resampler's dropout on (train, as in fine-tuning) or off (eval)")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -217,7 +230,8 @@ class RunConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: Path | None = None
     include_paths: list[Path] = Field(default_factory=list)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, none on CPU")
     point: Literal["resampler", "projected", "vision_patches"] | None = Field(
         None, description="override the card's extraction point (vision_patches: the pre-compression baseline)"
     )
@@ -225,9 +239,12 @@ class RunConfig(Strict):
     regime: Literal["frozen", "joint", "both"] = "frozen"
     baselines: list[Literal[BASELINES]] = Field(default_factory=lambda: list(BASELINES))
     control: bool = Field(True, description="control tasks for the explicit probes (see docs/methodology.md)")
-    resampler_lr: float | None = Field(
-        None, gt=0.0, description="joint regime: the resampler's learning rate [default: the card's]"
-    )
+    resampler_lr: LrGrid | None = Field(None, description="joint regime: the resampler's learning rate(s) "
+                                        "[default: the card's]")
+    resampler_mode: Literal["train", "eval"] | None = Field(
+        None, description="joint regime: the resampler's dropout on (train) or off (eval) [default: the card's]")
+    data_seed: int | None = Field(
+        None, description="synthetic tasks: draw the scenes with this seed instead of the task's (a confirmation run)")
     mdl: bool = Field(False, description="online-code MDL of each classification task and regime")
     gradient_checkpointing: bool = Field(
         False, description="joint regime: recompute the resampler's activations in backward (less memory, slower)"
@@ -235,3 +252,7 @@ class RunConfig(Strict):
     data_dir: Path | None = Field(None, description="annotations root [default: $SPATIALBENCH_DATA]")
     coco_root: Path | None = Field(None, description="COCO images root [default: $COCO_ROOT]")
     command: str = ""
+
+    @property
+    def regimes(self) -> list[str]:
+        return ["frozen", "joint"] if self.regime == "both" else [self.regime]

@@ -41,7 +41,8 @@ def small_tasks(tmp_path) -> Path:
             "name": name, "kind": kind, "groups": ["small"],
             "dataset": {"source": "synthetic", "seed": 3, "image_size": 64,
                         "sizes": {"train": 40, "validation": 12, "test": 20}, **extra},
-            "probe": {"architecture": arch, "width": 16, "depth": 1, "heads": 2, "epochs": 3, "patience": 2},
+            # One lr, not a grid: these tasks test the machinery, and a grid multiplies every fit.
+            "probe": {"architecture": arch, "width": 16, "depth": 1, "heads": 2, "epochs": 3, "patience": 2, "lr": 1e-3},
         }
         (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     return root

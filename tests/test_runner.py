@@ -73,3 +73,15 @@ def test_every_shipped_synthetic_task_runs(tmp_path):
     result = Runner(config).run()
     assert sorted(result.tasks) == sorted(shipped)
     assert all(t.status == "ok" for t in result.tasks.values())
+
+
+def test_a_data_seed_draws_other_scenes_and_is_recorded(small_tasks, tmp_path):
+    """A confirmation run: the same tasks over scenes from a seed never used while choosing anything."""
+    _, base = _run(small_tasks, tmp_path / "a", tasks="small_relation", seeds=1, cache_dir=tmp_path / "cache")
+    _, other = _run(small_tasks, tmp_path / "b", tasks="small_relation", seeds=1, cache_dir=tmp_path / "cache",
+                    data_seed=11)
+    assert base.data_seed is None and other.data_seed == 11
+    a, b = base.tasks["small_relation"], other.tasks["small_relation"]
+    assert a.dataset_fingerprint != b.dataset_fingerprint and a.version == b.version
+    assert other.extraction.extracted == other.extraction.images  # new images, none from the first run's cache
+    assert b.test_images_in_train == 0.0 and "image" not in b.by_group  # synthetic splits share no image

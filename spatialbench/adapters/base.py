@@ -71,6 +71,13 @@ class Adapter(ABC):
     def resampler_parameters(self) -> list[torch.nn.Parameter]:
         """Exactly the parameters the joint regime trains: those between vision features and the prompt."""
 
+    def initialise_resampler(self, seed: int) -> None:
+        """Re-draw the resampler's parameters from the model's own initialisation (see initialise.py); a
+        family whose initialisation that cannot express overrides this."""
+        from .initialise import reinitialise
+
+        reinitialise(self.modules(), self.resampler_parameters(), seed)
+
     @abstractmethod
     def fingerprint(self) -> str:
         """Checkpoint id + revision (or content digest) + extraction point: the cache key's model part."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from PIL import Image
@@ -57,3 +57,21 @@ class TaskData:
             for ex in items:
                 seen.setdefault(ex.image_id, None)
         return list(seen)
+
+    def test_images_in_train(self) -> float:
+        """Share of test items whose image also occurs in train (VSR's random split shares images)."""
+        train = {ex.image_id for ex in self.splits["train"]}
+        test = self.splits["test"]
+        return sum(ex.image_id in train for ex in test) / max(len(test), 1)
+
+    def mark_seen_images(self) -> None:
+        """Where test shares images with train, put each test item in group "image": seen in train or not, so
+        the headline is also reported on each (a probe may have memorised a seen image's layout)."""
+        train = {ex.image_id for ex in self.splits["train"]}
+        if not any(ex.image_id in train for ex in self.splits["test"]):
+            return
+        self.splits["test"] = [replace(ex, groups={**ex.groups, "image": SEEN if ex.image_id in train else UNSEEN})
+                               for ex in self.splits["test"]]
+
+
+SEEN, UNSEEN = "seen in train", "not in train"

@@ -33,6 +33,7 @@ def load_task_data(task: TaskSpec, limit: int | None = None, ctx: DataContext | 
     _check_targets(task, data)
     if limit is not None:
         data.splits = {name: items[:limit] for name, items in data.splits.items()}
+    data.mark_seen_images()
     return data
 
 

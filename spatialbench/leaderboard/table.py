@@ -16,7 +16,7 @@ from ..errors import SpatialbenchError
 from ..results import ConditionResult, MetricSummary, Paired, RunResult, TaskResult
 
 # Conditions in the order the page lists them; any other name a runner might add sorts after these.
-CONDITION_ORDER = ("frozen", "joint", "oracle", "vision_patches", "random_resampler", "blind")
+CONDITION_ORDER = ("frozen", "joint", "joint_random", "oracle", "vision_patches", "random_resampler", "blind")
 OTHER_GROUP = "other"  # tasks the registry does not know
 
 

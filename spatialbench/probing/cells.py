@@ -49,11 +49,14 @@ class CellStore:
             return meta["error"]
         return FitResult(seed=seed, test_pred=data["test_pred"], best_epoch=meta["best_epoch"],
                          epochs_run=meta["epochs_run"], val_score=meta["val_score"], seconds=meta["seconds"],
-                         history=meta["history"], test_loss=meta["test_loss"], start=meta.get("start"))
+                         history=meta["history"], test_loss=meta["test_loss"], start=meta.get("start"),
+                         val_loss=meta.get("val_loss", float("nan")), lr=meta.get("lr"),
+                         resampler_lr=meta.get("resampler_lr"))
 
     def put(self, task: str, name: str, key: str, fit: FitResult) -> None:
         meta = {"key": key, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.val_score,
-                "seconds": fit.seconds, "history": fit.history, "test_loss": fit.test_loss, "start": fit.start}
+                "seconds": fit.seconds, "history": fit.history, "test_loss": fit.test_loss, "start": fit.start,
+                "val_loss": fit.val_loss, "lr": fit.lr, "resampler_lr": fit.resampler_lr}
         buffer = io.BytesIO()
         np.savez(buffer, test_pred=fit.test_pred, meta=np.array(json.dumps(meta)))
         atomic_write(self.path(task, name, fit.seed), lambda p: p.write_bytes(buffer.getvalue()))

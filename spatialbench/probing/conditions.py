@@ -1,7 +1,8 @@
 """Every way a task is probed in one run: the regimes (frozen, joint) and the baselines (blind: the floor;
-oracle: the ceiling; random_resampler; vision_patches), each over the same items and seeds, plus control
-tasks for the explicit probes, the paired comparisons between them, and each condition's share of the
-floor-to-ceiling headroom."""
+oracle: the ceiling; random_resampler; vision_patches; joint_random: the joint regime from a random start),
+each over the same items and seeds and selected on validation over the same grid, plus control tasks for
+the explicit probes, the paired comparisons between them, and each condition's share of the floor-to-ceiling
+headroom."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter
-from ..results import ConditionResult, MetricSummary, Paired, Recovered, SeedRun
+from ..results import ConditionResult, GridPoint, MetricSummary, Paired, Recovered, SeedRun
 from ..specs import RunConfig, TaskSpec
 from ..stats import control, metrics
 from ..stats.paired import paired_from_scores, recovered_from_scores
@@ -23,15 +24,39 @@ from .inputs import probe_shape
 from .joint import JointEncoder, ResamplerSnapshot, resample_all
 from .oracle import oracle_features, oracle_shape
 
-RANDOM_RESAMPLER_SEED = 1234
+# The contrasts each task reports, where the run has both sides: (a, b) tests a - b.
+COMPARISONS = (("joint", "frozen"), ("joint", "joint_random"), ("frozen", "blind"), ("vision_patches", "frozen"),
+               ("oracle", "frozen"))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One point of the selection grid: the probe's lr and, when the resampler trains, the resampler's."""
+
+    lr: float
+    resampler_lr: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"lr {self.lr:g}" + (f" rlr {self.resampler_lr:g}" if self.resampler_lr is not None else "")
 
 
 @dataclass
 class Condition:
     name: str
     role: str  # "regime" or "baseline"
-    inputs: ProbeInputs
-    encoder: Callable[[], JointEncoder] | None = None  # joint: a fresh encoder per seed
+    inputs: ProbeInputs  # the items and the probe's input shape (and the features, unless drawn per seed)
+    encoder: Callable[[], JointEncoder] | None = None  # trained with the probe: a fresh encoder per fit
+    start: str = "checkpoint"  # where a trained resampler starts: the checkpoint, or "random" (joint_random)
+    per_seed: Callable[[int], ProbeInputs] | None = None  # features drawn anew for each seed (random_resampler)
+
+    def inputs_for(self, seed: int) -> ProbeInputs:
+        return self.per_seed(seed) if self.per_seed else self.inputs
+
+    def grid(self, probe_lrs: list[float], resampler_lrs: list[float]) -> list[Choice]:
+        if self.encoder is None:
+            return [Choice(lr) for lr in probe_lrs]
+        return [Choice(lr, r) for lr in probe_lrs for r in resampler_lrs]
 
 
 @dataclass
@@ -43,6 +68,8 @@ class _Sources:
     adapter: Adapter
     snapshot: ResamplerSnapshot | None
     objects: dict | None
+    config: RunConfig
+    resampler_mode: str = "train"
 
     @property
     def texts(self) -> list[str] | None:
@@ -54,62 +81,83 @@ class _Sources:
         return self.inputs.with_features(standardise(features, self.inputs.splits["train"].image))
 
 
-def _blind(src: _Sources) -> ProbeInputs:
+def _blind(src: _Sources) -> Condition:
     """The language prior: the same constant prompt for every item."""
-    return src.inputs.with_features(torch.zeros_like(src.inputs.features))
+    return Condition("blind", "baseline", src.inputs.with_features(torch.zeros_like(src.inputs.features)))
 
 
-def _vision_patches(src: _Sources) -> ProbeInputs:
+def _vision_patches(src: _Sources) -> Condition:
     """The vision encoder's patch tokens before the resampler: what there was to keep."""
-    return src.standardised(src.vision)
+    return Condition("vision_patches", "baseline", src.standardised(src.vision))
 
 
-def _random_resampler(src: _Sources) -> ProbeInputs:
-    """The resampler re-drawn at random and frozen: what the architecture gives untrained."""
-    src.snapshot.randomise(RANDOM_RESAMPLER_SEED)
+def _random_prompts(src: _Sources, seed: int) -> ProbeInputs:
+    """The resampler re-drawn from the model's own initialisation (once per seed) and frozen: what the
+    architecture gives untrained. Seed s draws the same weights joint_random's seed s starts from."""
+    src.snapshot.randomise(seed)
     prompts = resample_all(src.adapter, src.vision, src.texts)
     src.snapshot.restore()
     return src.standardised(prompts)
 
 
-def _oracle(src: _Sources) -> ProbeInputs:
+def _random_resampler(src: _Sources) -> Condition:
+    return Condition("random_resampler", "baseline", src.inputs, per_seed=lambda seed: _random_prompts(src, seed))
+
+
+def _oracle(src: _Sources) -> Condition:
     """A prompt built from the annotations (the ceiling); see oracle.py."""
-    return src.standardised(oracle_features(src.objects, src.inputs.row_images))
+    return Condition("oracle", "baseline", src.standardised(oracle_features(src.objects, src.inputs.row_images)))
 
 
-BASELINES: dict[str, Callable[[_Sources], ProbeInputs]] = {
-    "blind": _blind, "random_resampler": _random_resampler, "vision_patches": _vision_patches, "oracle": _oracle}
-NEEDS_VISION = {"random_resampler", "vision_patches"}  # and the joint regime: the vision-feature cache
+def _joint(src: _Sources, name: str = "joint", role: str = "regime", start: str = "checkpoint") -> Condition:
+    """The resampler trained with the probe, on the cached vision features; the probe reads prompts."""
+    inputs, vision = src.inputs, src.vision
+    train_rows = inputs.splits["train"].image.unique()
+    texts = src.texts
+    train_texts = [texts[i] for i in train_rows.tolist()] if texts else None
+    joint_inputs = inputs.with_features(vision)
+    joint_inputs.shape = inputs.shape  # the probe reads prompts, not vision features
+    config = src.config
+    return Condition(name, role, joint_inputs, start=start, encoder=lambda: JointEncoder(
+        src.adapter, vision[train_rows], train_texts, checkpointing=config.gradient_checkpointing,
+        train_mode=src.resampler_mode == "train"))
 
 
-def unavailable(baseline: str, objects: dict | None) -> str | None:
-    """Why a baseline cannot be built for a task, or None: the oracle needs every object's box."""
-    return "the dataset gives no box for every object" if baseline == "oracle" and objects is None else None
+def _joint_random(src: _Sources) -> Condition:
+    """The joint regime from the model's own random initialisation (drawn per seed): what training the
+    architecture gives with this budget, so the joint - joint_random gap is the pretrained start's."""
+    return _joint(src, "joint_random", "baseline", start="random")
 
 
-def available(baseline: str, objects: dict | None) -> bool:
-    return unavailable(baseline, objects) is None
+BASELINES: dict[str, Callable[[_Sources], Condition]] = {
+    "blind": _blind, "random_resampler": _random_resampler, "vision_patches": _vision_patches, "oracle": _oracle,
+    "joint_random": _joint_random}
+NEEDS_VISION = {"random_resampler", "vision_patches", "joint_random"}  # and the joint regime
+
+
+def unavailable(baseline: str, objects: dict | None, regimes: list[str]) -> str | None:
+    """Why a baseline cannot be built for a task, or None: the oracle needs every object's box; joint_random
+    is the joint regime's control and runs only beside it."""
+    if baseline == "oracle" and objects is None:
+        return "the dataset gives no box for every object"
+    if baseline == "joint_random" and "joint" not in regimes:
+        return "it is the joint regime's control: run with --regime joint or both"
+    return None
+
+
+def available(baseline: str, objects: dict | None, regimes: list[str]) -> bool:
+    return unavailable(baseline, objects, regimes) is None
 
 
 def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, adapter: Adapter,
-         snapshot: ResamplerSnapshot | None, objects: dict | None = None) -> list[Condition]:
+         snapshot: ResamplerSnapshot | None, objects: dict | None = None,
+         resampler_mode: str = "train") -> list[Condition]:
     """The conditions this run asks for, over the task's feature rows."""
-    regimes = ["frozen", "joint"] if config.regime == "both" else [config.regime]
-    out = []
-    if "frozen" in regimes:
-        out.append(Condition("frozen", "regime", inputs))
-    if "joint" in regimes:
-        train_rows = inputs.splits["train"].image.unique()
-        texts = _Sources(inputs, vision, adapter, snapshot, objects).texts
-        train_texts = [texts[i] for i in train_rows.tolist()] if texts else None
-        joint_inputs = inputs.with_features(vision)
-        joint_inputs.shape = inputs.shape  # the probe reads prompts, not vision features
-        out.append(Condition("joint", "regime", joint_inputs,
-                             lambda: JointEncoder(adapter, vision[train_rows], train_texts,
-                                                  checkpointing=config.gradient_checkpointing)))
-    src = _Sources(inputs, vision, adapter, snapshot, objects)
-    out += [Condition(name, "baseline", BASELINES[name](src)) for name in config.baselines if available(name, objects)]
-    return out
+    regimes = config.regimes
+    src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode)
+    out = [Condition("frozen", "regime", inputs)] if "frozen" in regimes else []
+    out += [_joint(src)] if "joint" in regimes else []
+    return out + [BASELINES[name](src) for name in config.baselines if available(name, objects, regimes)]
 
 
 def check_budgets(config: RunConfig, task: TaskSpec, data, adapter: Adapter) -> None:
@@ -126,8 +174,9 @@ def planned_shapes(config: RunConfig, shape: ProbeShape, adapter: Adapter, objec
         *adapter.shape_at("vision_patches")) if "vision_patches" in adapter.points else shape}
     if objects is not None:
         prompt["oracle"] = shape.with_prompt(*oracle_shape(objects, images))
-    regimes = ["frozen", "joint"] if config.regime == "both" else [config.regime]
-    return {**{r: shape for r in regimes}, **{b: prompt[b] for b in config.baselines if available(b, objects)}}
+    prompt["joint_random"] = shape
+    return {**{r: shape for r in config.regimes},
+            **{b: prompt[b] for b in config.baselines if available(b, objects, config.regimes)}}
 
 
 def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInputs:
@@ -143,8 +192,8 @@ def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInput
     return inputs.with_targets(targets)
 
 
-def item_scores(headline: str, fits: list[FitResult], inputs: ProbeInputs) -> np.ndarray:
-    """Per-item headline scores averaged over seeds (the headline metrics are means of per-item scores)."""
+def seed_scores(headline: str, fits: list[FitResult], inputs: ProbeInputs) -> np.ndarray:
+    """Per-item headline scores of each seed, [seeds, N] (the headline metrics are means of per-item scores)."""
     test = inputs.splits["test"]
     target = test.target.numpy()
     out = []
@@ -152,7 +201,7 @@ def item_scores(headline: str, fits: list[FitResult], inputs: ProbeInputs) -> np
         pred, tgt = (metrics.denormalise(f.test_pred, test.sizes), metrics.denormalise(target, test.sizes)) \
             if inputs.box else (f.test_pred, target)
         out.append(metrics.per_item(headline, pred, tgt))
-    return np.mean(out, axis=0)
+    return np.stack(out)
 
 
 def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarray, clusters: np.ndarray) -> Paired:
@@ -160,61 +209,81 @@ def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarr
     return Paired(a=a, b=b, metric=metric, diff=r.diff, ci95=tuple(r.ci95), p_value=r.p_value)
 
 
-def fit_one(cond: Condition, inputs: ProbeInputs, task: TaskSpec, seed: int, accelerator, resampler_lr: float,
+def comparisons(scores: dict[str, np.ndarray], metric: str, clusters: np.ndarray) -> dict[str, Paired]:
+    """Every contrast of COMPARISONS whose two conditions the task has (p_holm is filled in over the run)."""
+    return {f"{a}_vs_{b}": paired(a, b, metric, scores[a], scores[b], clusters)
+            for a, b in COMPARISONS if a in scores and b in scores}
+
+
+def fit_one(cond: Condition, inputs: ProbeInputs, task: TaskSpec, seed: int, choice: Choice, accelerator,
             snapshot: ResamplerSnapshot | None, on_epoch) -> FitResult:
-    """One seed of one condition (its own inputs, or a control task's); joint fits start from the checkpoint."""
+    """One seed and grid point of one condition (its own inputs, or a control task's); a trained resampler
+    starts from the checkpoint, or from the model's own initialisation drawn with this seed (joint_random)."""
     encoder = start = None
     if cond.encoder is not None:
-        snapshot.restore()  # every seed and task starts from the checkpoint's resampler
+        snapshot.restore()
+        if cond.start == "random":
+            snapshot.randomise(seed)
         start = snapshot.digest()
         encoder = cond.encoder()
-    result = fit(inputs, task.probe, seed, task.headline, accelerator, on_epoch=on_epoch, encoder=encoder,
-                 encoder_lr=resampler_lr)
-    if encoder is not None:
-        snapshot.restore()
+    try:
+        result = fit(inputs, task.probe, seed, task.headline, accelerator, on_epoch=on_epoch, encoder=encoder,
+                     encoder_lr=choice.resampler_lr, lr=choice.lr)
+    finally:
+        if encoder is not None:
+            snapshot.restore()
     result.start = start
     return result
 
 
-def summarise(cond: Condition, fits: list[FitResult], starts: list[str], task: TaskSpec, examples,
-              clusters: np.ndarray, control_fits: list[FitResult] | None,
+def select(fits: list[FitResult]) -> FitResult:
+    """The grid point with the best validation headline (its validation loss breaks ties; then the grid's order)."""
+    return max(fits, key=lambda f: (f.val_score, -f.val_loss if np.isfinite(f.val_loss) else -np.inf))
+
+
+def seed_run(chosen: FitResult, grid: list[FitResult]) -> SeedRun:
+    return SeedRun(seed=chosen.seed, best_epoch=chosen.best_epoch, epochs_run=chosen.epochs_run,
+                   validation=chosen.val_score, seconds=sum(f.seconds for f in grid), lr=chosen.lr,
+                   resampler_lr=chosen.resampler_lr,
+                   grid=[GridPoint(lr=f.lr, resampler_lr=f.resampler_lr, validation=f.val_score,
+                                   best_epoch=f.best_epoch) for f in grid] if len(grid) > 1 else [])
+
+
+def summarise(cond: Condition, fits: list[FitResult], grids: list[list[FitResult]], starts: list[str], task: TaskSpec,
+              examples, clusters: np.ndarray, control_fits: list[FitResult] | None,
               control_sets: list[ProbeInputs] | None) -> ConditionResult:
+    """A condition's result from its selected fit per seed (`grids`: every grid point of each seed)."""
     test = cond.inputs.splits["test"]
     result = ConditionResult(
         role=cond.role,
         metrics=scoring.summarise(task.metrics, fits, test, clusters, cond.inputs.box),
         by_group=scoring.by_group(task.headline, fits, test, examples, cond.inputs.box),
-        seeds=[SeedRun(seed=f.seed, best_epoch=f.best_epoch, epochs_run=f.epochs_run, validation=f.val_score,
-                       seconds=f.seconds) for f in fits],
+        seeds=[seed_run(f, g) for f, g in zip(fits, grids)],
         resampler_start=starts,
         probe_parameters=count_parameters(cond.inputs.shape, task.probe),
     )
     if control_fits:
-        per_seed = [item_scores(task.headline, [f], c) for f, c in zip(control_fits, control_sets)]
-        control_items = np.mean(per_seed, axis=0)
-        values = [float(np.mean(s)) for s in per_seed]
+        control_items = np.concatenate([seed_scores(task.headline, [f], c) for f, c in zip(control_fits, control_sets)])
+        values = [float(np.mean(s)) for s in control_items]
         mean, std = metrics.mean_std(values)
-        lo, hi = _mean_ci(control_items, clusters)
-        result.control = MetricSummary(mean=mean, std=std, ci95=(lo, hi), per_seed=values)
+        zero = np.zeros(control_items.shape[1])
+        result.control = MetricSummary(mean=mean, std=std, ci95=tuple(paired_from_scores(control_items, zero,
+                                                                                         clusters).ci95),
+                                       per_seed=values)
         result.selectivity = paired(cond.name, f"{cond.name}_control", task.headline,
-                                    item_scores(task.headline, fits, cond.inputs), control_items, clusters)
+                                    seed_scores(task.headline, fits, cond.inputs), control_items, clusters)
     return result
 
 
-def recovered(items: dict[str, np.ndarray], clusters: np.ndarray) -> dict[str, Recovered]:
+def recovered(scores: dict[str, np.ndarray], clusters: np.ndarray) -> dict[str, Recovered]:
     """Each condition's (score - blind) / (oracle - blind), where the run has both and the oracle is above blind."""
-    if "blind" not in items or "oracle" not in items:
+    if "blind" not in scores or "oracle" not in scores:
         return {}
     out = {}
-    for name, scores in items.items():
+    for name, s in scores.items():
         if name in ("blind", "oracle"):  # 0 and 1 by definition
             continue
-        r = recovered_from_scores(scores, items["blind"], items["oracle"], clusters)
+        r = recovered_from_scores(s, scores["blind"], scores["oracle"], clusters)
         if r is not None:
             out[name] = Recovered(value=r[0], ci95=r[1])
     return out
-
-
-def _mean_ci(scores: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
-    """Clustered bootstrap CI of a mean of per-item scores (a difference against zero)."""
-    return tuple(paired_from_scores(scores, np.zeros_like(scores), clusters).ci95)

@@ -1,4 +1,4 @@
-"""Fit one probe per seed under accelerate: train on train, early-stop on validation, score test."""
+"""Fit one probe per seed and grid point under accelerate: train on train, early-stop on validation, score test."""
 
 from __future__ import annotations
 
@@ -79,6 +79,9 @@ class Encoder(torch.nn.Module):
     def forward(self, rows: torch.Tensor, texts: list[str] | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return decay_groups(self, lr, weight_decay)
+
 
 @dataclass
 class FitResult:
@@ -91,6 +94,9 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     test_loss: float = float("nan")  # mean over the test split: cross-entropy in nats, or the box loss
     start: str | None = None  # joint regime: digest of the resampler weights the fit started from
+    val_loss: float = float("nan")  # at the selected epoch: breaks validation-metric ties between grid points
+    lr: float | None = None
+    resampler_lr: float | None = None
 
 
 def standardise(features: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
@@ -138,20 +144,25 @@ def warmup_cosine(steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def decay_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def decay_groups(modules: torch.nn.Module | list[torch.nn.Module], lr: float, weight_decay: float,
+                 only: list[torch.nn.Parameter] | None = None) -> list[dict]:
     """Weight decay on the weight matrices of linear maps only: biases, norms, embeddings, positions and
-    learned query tokens keep theirs (decaying them pulls tokens together, not towards a simpler map)."""
-    decayed: dict[int, torch.nn.Parameter] = {}
-    for module in model.modules():
+    learned query tokens keep theirs (decaying them pulls tokens together, not towards a simpler map).
+    `only`: the parameters to train (a resampler inside a larger model); default all of the modules'."""
+    modules = [modules] if isinstance(modules, torch.nn.Module) else modules
+    params = only if only is not None else [p for m in modules for p in m.parameters()]
+    wanted = {id(p) for p in params}
+    decayed: set[int] = set()
+    for module in (m for root in modules for m in root.modules()):
         if isinstance(module, torch.nn.Linear):
-            decayed[id(module.weight)] = module.weight
+            decayed.add(id(module.weight))
         elif isinstance(module, torch.nn.MultiheadAttention):
             for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
                 if getattr(module, name, None) is not None:
-                    decayed[id(getattr(module, name))] = getattr(module, name)
-    rest = [p for p in model.parameters() if id(p) not in decayed]
-    return [{"params": list(decayed.values()), "lr": lr, "weight_decay": weight_decay},
-            {"params": rest, "lr": lr, "weight_decay": 0.0}]
+                    decayed.add(id(getattr(module, name)))
+    unique = list({id(p): p for p in params if id(p) in wanted}.values())
+    return [{"params": [p for p in unique if id(p) in decayed], "lr": lr, "weight_decay": weight_decay},
+            {"params": [p for p in unique if id(p) not in decayed], "lr": lr, "weight_decay": 0.0}]
 
 
 def _predict(model, inputs: ProbeInputs, split: Split, batch: _Batcher, loss_fn) -> tuple[np.ndarray, float]:
@@ -179,8 +190,13 @@ def fit(
     on_epoch: Callable[[int, float], None] | None = None,
     encoder: Encoder | None = None,
     encoder_lr: float | None = None,
+    lr: float | None = None,
+    on_step: Callable[[list[float]], None] | None = None,
 ) -> FitResult:
     """Train one probe (and the encoder, if given); keep the best validation epoch; predict the test split.
+
+    `lr` is one point of the spec's grid (default its first); the encoder trains at `encoder_lr` under the
+    same optimiser, weight decay, warmup-cosine schedule and clipping. `on_step` sees every group's lr.
 
     The probe trains whole on this process's device. Under `accelerate launch` the run hands each
     process whole probes (cells) rather than splitting batches, so every fit computes exactly what a
@@ -189,9 +205,11 @@ def fit(
     start = time.perf_counter()
     set_seed(seed)
     model = build_probe(inputs.shape, spec).to(accelerator.device)
-    groups = decay_groups(model, spec.lr, spec.weight_decay)
+    lr = spec.lr[0] if lr is None else lr
+    groups = decay_groups(model, lr, spec.weight_decay)
     if encoder is not None:
-        groups.append({"params": list(encoder.parameters()), "lr": encoder_lr or spec.lr, "weight_decay": 0.0})
+        groups += encoder.param_groups(encoder_lr or lr, spec.weight_decay)
+    groups = [g for g in groups if g["params"]]
     optimiser = torch.optim.AdamW(groups)
     train = inputs.splits["train"]
     steps = spec.epochs * math.ceil(len(train) / spec.batch_size)
@@ -221,6 +239,8 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(trained, spec.clip_grad_norm)
             scaler.step(optimiser)
             scaler.update()
+            if on_step:
+                on_step([g["lr"] for g in optimiser.param_groups])
             schedule.step()
         pred, val_loss = _predict(model, inputs, inputs.splits["validation"], batch, loss_fn)
         val = score(headline, pred, inputs.splits["validation"], inputs.box)
@@ -238,4 +258,4 @@ def fit(
         encoder.load_state_dict(best_encoder)
     test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], batch, loss_fn)
     return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history,
-                     test_loss)
+                     test_loss, val_loss=float(-best[1]), lr=lr, resampler_lr=encoder_lr if encoder is not None else None)

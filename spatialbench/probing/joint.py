@@ -13,7 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..adapters.base import Adapter
-from .fit import Encoder
+from .fit import Encoder, decay_groups
 
 CHUNK = 64
 
@@ -22,7 +22,7 @@ class ResamplerSnapshot:
     """The resampler's original weights, restorable at will."""
 
     def __init__(self, adapter: Adapter):
-        self.params = adapter.resampler_parameters()
+        self.adapter, self.params = adapter, adapter.resampler_parameters()
         self.saved = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
@@ -37,13 +37,11 @@ class ResamplerSnapshot:
             h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    @torch.no_grad()
     def randomise(self, seed: int) -> None:
-        """Re-initialise: each tensor redrawn from a normal with its own mean and std (scale kept, structure lost)."""
-        g = torch.Generator().manual_seed(seed)
-        for p in self.params:
-            mean, std = p.float().mean(), (p.float().std() if p.numel() > 1 else torch.tensor(0.0))
-            p.copy_((torch.randn(p.shape, generator=g) * std + mean).to(p.dtype))
+        """The model's own initialisation, drawn with this seed (restore() brings the checkpoint back). It starts
+        from the checkpoint, whose tensors give the scale of those no init rule covers."""
+        self.restore()
+        self.adapter.initialise_resampler(seed)
 
 
 @torch.no_grad()
@@ -56,24 +54,54 @@ def resample_all(adapter: Adapter, vision: torch.Tensor, texts: list[str] | None
     return torch.cat(out)
 
 
+def resampler_modules(adapter: Adapter) -> list[torch.nn.Module]:
+    """The modules the resampler runs, for train/eval mode: every largest module whose parameters are all the
+    resampler's, and the parameter-free modules (dropout) directly inside one that holds some of them."""
+    wanted = {id(p) for p in adapter.resampler_parameters()}
+    out: list[torch.nn.Module] = []
+
+    def walk(module: torch.nn.Module) -> None:
+        params = [id(p) for p in module.parameters()]
+        if not params or not wanted.intersection(params):
+            return
+        if wanted.issuperset(params):
+            out.append(module)
+            return
+        for child in module.children():
+            if not any(True for _ in child.parameters()):
+                out.append(child)
+            else:
+                walk(child)
+
+    for root in adapter.modules():
+        walk(root)
+    return out
+
+
 class JointEncoder(Encoder):
     """Vision features -> the adapter's resampler (trainable) -> fixed standardisation -> the probe.
 
     The standardisation is fitted once, on the initial prompts of the training images, and then held
-    fixed: the probe sees prompts on the same scale as in the frozen regime.
+    fixed: the probe sees prompts on the same scale as in the frozen regime. In training the resampler's
+    modules are in train mode (dropout on, as fine-tuning has them) unless `train_mode` is False.
     """
 
     def __init__(self, adapter: Adapter, train_vision: torch.Tensor, train_texts: list[str] | None,
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, train_mode: bool = True):
         super().__init__()
-        self.adapter, self.checkpointing = adapter, checkpointing
+        self.adapter, self.checkpointing, self.train_mode = adapter, checkpointing, train_mode
         self.params = [p for p in adapter.resampler_parameters()]
+        self.modules_run = resampler_modules(adapter)
         initial = resample_all(adapter, train_vision, train_texts)
         self.register_buffer("mean", initial.mean(dim=(0, 1), keepdim=True))
         self.register_buffer("std", initial.std(dim=(0, 1), keepdim=True).clamp(min=1e-6))
 
     def parameters(self, recurse: bool = True):
         return iter(self.params)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on the resampler's linear weights, none on norms, biases and query tokens."""
+        return decay_groups(self.adapter.modules(), lr, weight_decay, only=self.params)
 
     def forward(self, rows: torch.Tensor, texts: list[str] | None) -> torch.Tensor:
         rows = rows.to(self.adapter.device, self.adapter.dtype)
@@ -88,6 +116,8 @@ class JointEncoder(Encoder):
         self.training = mode
         for p in self.params:
             p.requires_grad_(mode)
+        for module in self.modules_run:
+            module.train(mode and self.train_mode)
         return self
 
     def state_dict(self, *args, **kwargs):

@@ -20,7 +20,7 @@ from .fit import Encoder, ProbeInputs, fit
 def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, accelerator,
                 encoder: Callable[[], Encoder] | None = None, encoder_lr: float | None = None,
                 before_fit: Callable[[], None] | None = None,
-                on_epoch: Callable[[int, float], None] | None = None) -> codelength.MdlResult:
+                on_epoch: Callable[[int, float], None] | None = None, lr: float | None = None) -> codelength.MdlResult:
     """Codelength of the training labels given the visual prompt (one probe fit per block).
 
     `encoder` makes a fresh trainable encoder per block (the joint regime); `before_fit` runs before
@@ -38,6 +38,6 @@ def online_code(inputs: ProbeInputs, spec: ProbeSpec, headline: str, seed: int, 
         if before_fit:
             before_fit()
         result = fit(inputs.with_splits(splits), spec, seed, headline, accelerator, on_epoch=on_epoch,
-                     encoder=encoder() if encoder else None, encoder_lr=encoder_lr)
+                     encoder=encoder() if encoder else None, encoder_lr=encoder_lr, lr=lr)
         block_bits.append(result.test_loss * (end - start) / math.log(2))  # mean nats -> total bits
     return codelength.online_codelength(list(np.diff(ends)), block_bits, ends[0], inputs.shape.n_out)

@@ -1,4 +1,5 @@
-"""One task's probing: every (condition, kind, seed) cell fitted once, then summed up into a TaskResult.
+"""One task's probing: every (condition, kind, seed, grid point) cell fitted once, then summed up into a
+TaskResult, each seed's grid point selected on validation.
 
 Cells are the unit of work and of resumption: each is fitted by exactly one process (under
 `accelerate launch`, round-robin), written to the CellStore, and read back by the summary; a cell
@@ -26,10 +27,12 @@ class Cell:
     condition: conditions.Condition
     kind: str  # "fit", "control" or "mdl"
     seed: int
+    choice: conditions.Choice
 
     @property
     def name(self) -> str:
-        return self.condition.name if self.kind == "fit" else f"{self.condition.name} {self.kind}"
+        kind = "" if self.kind == "fit" else f" {self.kind}"
+        return f"{self.condition.name}{kind} {self.choice.label}"
 
 
 class TaskProbing:
@@ -42,12 +45,15 @@ class TaskProbing:
         self.base_key = digest(run_key, task.model_dump_json(), data_fingerprint)
         self.with_control = run.config.control and not task.implicit
         self.with_mdl = run.config.mdl and not inputs.box
+        self.grids = {c.name: c.grid(task.probe.lr, run.resampler_lr) for c in plan}
         self.cells = []
         for cond in plan:
-            self.cells += [Cell(cond, "fit", s) for s in seeds]
+            grid = self.grids[cond.name]
+            self.cells += [Cell(cond, "fit", s, g) for s in seeds for g in grid]
             if cond.role == "regime":
-                self.cells += [Cell(cond, "control", s) for s in seeds] if self.with_control else []
-                self.cells += [Cell(cond, "mdl", seeds[0])] if self.with_mdl else []
+                self.cells += [Cell(cond, "control", s, g) for s in seeds for g in grid] if self.with_control else []
+                # MDL's online code is one fixed recipe over its blocks: the grid's first point.
+                self.cells += [Cell(cond, "mdl", seeds[0], grid[0])] if self.with_mdl else []
 
     def key(self, cell: Cell) -> str:
         return digest(self.base_key, cell.name, str(cell.seed))
@@ -69,21 +75,20 @@ class TaskProbing:
         on_epoch = lambda epoch, val: tick(cell.name, cell.seed, epoch, val)  # noqa: E731
         if cell.kind == "mdl":
             restore = run.snapshot.restore if cond.encoder is not None else None
-            r = online_code(cond.inputs, self.task.probe, self.task.headline, cell.seed, run.accelerator,
-                            encoder=cond.encoder, encoder_lr=run.resampler_lr, before_fit=restore, on_epoch=on_epoch)
+            r = online_code(cond.inputs_for(cell.seed), self.task.probe, self.task.headline, cell.seed,
+                            run.accelerator, encoder=cond.encoder, encoder_lr=cell.choice.resampler_lr,
+                            lr=cell.choice.lr, before_fit=restore, on_epoch=on_epoch)
             if restore:
                 restore()
             value = Mdl(codelength_bits=r.codelength_bits, uniform_bits=r.uniform_bits, compression=r.compression)
             self.store.put_json(self.task.name, cell.name, key, value.model_dump())
             return
-        inputs = self._control_inputs(cond, cell.seed) if cell.kind == "control" else cond.inputs
+        inputs = self._control_inputs(cond, cell.seed) if cell.kind == "control" else cond.inputs_for(cell.seed)
         try:
-            result = conditions.fit_one(cond, inputs, self.task, cell.seed, run.accelerator, run.resampler_lr,
+            result = conditions.fit_one(cond, inputs, self.task, cell.seed, cell.choice, run.accelerator,
                                         run.snapshot, on_epoch)
-        except FloatingPointError as e:  # this seed diverged; the other seeds and conditions go on
+        except FloatingPointError as e:  # this seed diverged at this grid point; the others go on
             run.reporter.info(f"[red]{self.task.name} {cell.name}: {e}[/red]")
-            if run.snapshot is not None:
-                run.snapshot.restore()
             self.store.put_failed(self.task.name, cell.name, cell.seed, key, str(e))
             return
         self.store.put(self.task.name, cell.name, key, result)
@@ -91,8 +96,8 @@ class TaskProbing:
     def _control_inputs(self, cond: conditions.Condition, seed: int) -> ProbeInputs:
         return conditions.control_inputs(cond.inputs, self.inputs.shape.n_out, seed)
 
-    def _get(self, cond: conditions.Condition, kind: str, seed: int):
-        cell = Cell(cond, kind, seed)
+    def _get(self, cond: conditions.Condition, kind: str, seed: int, choice: conditions.Choice):
+        cell = Cell(cond, kind, seed, choice)
         if kind == "mdl":
             found = self.store.get_json(self.task.name, cell.name, self.key(cell))
             return None if found is None else Mdl(**found)
@@ -101,35 +106,42 @@ class TaskProbing:
             raise RuntimeError(f"cell {self.task.name}/{cell.name}/seed {seed} was not fitted by any process")
         return found
 
+    def _selected(self, cond: conditions.Condition, kind: str) -> tuple[dict[int, tuple], dict[int, str]]:
+        """Per seed: (the grid point selected on validation, every grid point's fit); and the seeds whose every
+        grid point failed, with the first error."""
+        chosen, failed = {}, {}
+        for seed in self.seeds:
+            got = [self._get(cond, kind, seed, g) for g in self.grids[cond.name]]
+            fits = [f for f in got if not isinstance(f, str)]
+            if fits:
+                chosen[seed] = (conditions.select(fits), fits)
+            else:
+                failed[seed] = got[0]
+        return chosen, failed
+
     def summarise(self, examples, clusters: np.ndarray):
-        """Every condition's result, the paired comparisons and each condition's seed-averaged per-item
-        headline scores, from the cells on disk."""
-        results, fits_of = {}, {}
+        """Every condition's result, the paired comparisons and each condition's per-seed per-item headline
+        scores [seeds, N], from the cells on disk."""
+        results, fits_of, scores = {}, {}, {}
+        headline = self.task.headline
         for cond in self.plan:
-            got = {s: self._get(cond, "fit", s) for s in self.seeds}
-            failed = {s: f for s, f in got.items() if isinstance(f, str)}
-            fits = [f for f in got.values() if not isinstance(f, str)]
-            if not fits:
+            chosen, failed = self._selected(cond, "fit")
+            if not chosen:
                 raise FloatingPointError(f"{cond.name}: every seed failed; first: {next(iter(failed.values()))}")
+            fits = [f for f, _ in chosen.values()]
             control_fits = control_sets = None
             if self.with_control and cond.role == "regime":
-                pairs = [(self._control_inputs(cond, s), self._get(cond, "control", s)) for s in self.seeds]
-                pairs = [(c, f) for c, f in pairs if not isinstance(f, str)]
-                control_sets, control_fits = [c for c, _ in pairs] or None, [f for _, f in pairs] or None
+                picked, _ = self._selected(cond, "control")
+                control_sets = [self._control_inputs(cond, s) for s in picked] or None
+                control_fits = [f for f, _ in picked.values()] or None
             starts = [f.start for f in fits if f.start is not None]
-            results[cond.name] = conditions.summarise(cond, fits, starts, self.task, examples, clusters,
-                                                      control_fits, control_sets)
+            results[cond.name] = conditions.summarise(cond, fits, [g for _, g in chosen.values()], starts, self.task,
+                                                      examples, clusters, control_fits, control_sets)
             results[cond.name].failed_seeds = failed
             if self.with_mdl and cond.role == "regime":
-                results[cond.name].mdl = self._get(cond, "mdl", self.seeds[0])
+                results[cond.name].mdl = self._get(cond, "mdl", self.seeds[0], self.grids[cond.name][0])
             fits_of[cond.name] = fits
-        headline = self.task.headline
-        items = {c.name: conditions.item_scores(headline, fits_of[c.name], c.inputs) for c in self.plan}
-        for name, share in conditions.recovered(items, clusters).items():
+            scores[cond.name] = conditions.seed_scores(headline, fits, cond.inputs)
+        for name, share in conditions.recovered(scores, clusters).items():
             results[name].recovered = share
-        comparisons = {}
-        if "frozen" in items and "joint" in items:
-            comparisons["joint_vs_frozen"] = conditions.paired(
-                "joint", "frozen", headline, items["joint"], items["frozen"], clusters)
-        return results, fits_of, comparisons, items
-
+        return results, fits_of, conditions.comparisons(scores, headline, clusters), scores

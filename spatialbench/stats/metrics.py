@@ -1,4 +1,4 @@
-"""Scores for probe predictions: class indices or boxes, plus clustered bootstrap CIs.
+"""Scores for probe predictions: class indices or boxes, plus their bootstrap CIs (seeds, then images).
 
 Class targets are 1-D int arrays; box targets are [N, 4] arrays of (x0, y0, x1, y1).
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
+from .bootstrap import Resampling, percentile
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -114,11 +116,11 @@ def cluster_bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile CI of the seed-averaged metric, resampling whole clusters (images).
+    """Percentile CI of the seed-averaged metric by the hierarchical bootstrap of stats.bootstrap: each
+    replicate draws the seeds and the clusters (images) with replacement.
 
-    Items from one image are correlated, so resampling items alone would understate
-    the uncertainty. Each replicate draws as many clusters as there are, with
-    replacement, and scores every seed on the same resampled items.
+    Items from one image are correlated, so resampling items alone would understate the uncertainty; seeds
+    that disagree widen the interval.
     """
     target = np.asarray(target)
     clusters = np.asarray(clusters)
@@ -127,31 +129,13 @@ def cluster_bootstrap_ci(
     if len(clusters) != len(target):
         raise ValueError(f"clusters has {len(clusters)} items, target has {len(target)}")
     preds = [_paired(p, target)[0] for p in preds_per_seed]
-
-    ids, inv = np.unique(clusters, return_inverse=True)
-    n_clusters = len(ids)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
-
+    resampling = Resampling(clusters, n_boot, seed)
     if isinstance(metric, str) and metric in PER_ITEM:
-        # A mean metric averaged over seeds equals the mean of seed-averaged item
-        # scores, so a replicate needs only the drawn clusters' score totals and
-        # sizes; a cluster drawn twice is summed twice, as in the loop below.
-        scores = np.mean([PER_ITEM[metric](p, target) for p in preds], axis=0)
-        cluster_sum = np.bincount(inv, weights=scores, minlength=n_clusters)
-        cluster_size = np.bincount(inv, minlength=n_clusters).astype(float)
-        reps = cluster_sum[draws].sum(axis=1) / cluster_size[draws].sum(axis=1)
+        reps = resampling.means([PER_ITEM[metric](p, target) for p in preds])
     else:
         fn = METRICS[metric] if isinstance(metric, str) else metric
-        members = [np.flatnonzero(inv == c) for c in range(n_clusters)]
-        reps = np.empty(n_boot)
-        for b in range(n_boot):
-            items = np.concatenate([members[c] for c in draws[b]])
-            reps[b] = np.mean([fn(p[items], target[items]) for p in preds])
-
-    tail = (1.0 - level) / 2
-    lo, hi = np.quantile(reps, [tail, 1.0 - tail])
-    return float(lo), float(hi)
+        reps = resampling.rescored(lambda s, items: fn(preds[s][items], target[items]), len(preds))
+    return percentile(reps, level)
 
 
 def chance_level(name: str, train_target, test_target, test_sizes=None) -> float:

@@ -1,9 +1,5 @@
-"""Paired comparisons and control-task selectivity, by a cluster bootstrap over images.
-
-Paired tests reuse the scoring of spatialbench.stats.metrics and its resampling scheme
-(clusters = images, drawn with replacement, the same draws for every seed); here
-the same draws are also shared by the two systems being compared.
-"""
+"""Paired comparisons, control-task selectivity and the recovered share, by the hierarchical bootstrap of
+stats.bootstrap (seeds, then images); the image draws are shared by the systems compared."""
 
 from __future__ import annotations
 
@@ -11,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bootstrap import Resampling, percentile
 from .metrics import METRICS, PER_ITEM, Metric, _paired, per_item
 
 
@@ -32,17 +29,9 @@ class SelectivityResult:
 
 
 
-def _cluster_draws(clusters, n_boot: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
-    # Must match metrics.cluster_bootstrap_ci draw for draw, so that with the same
-    # seed each system's replicates are exactly the ones behind its own CI there.
-    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    return inv, len(ids), rng.integers(0, len(ids), size=(n_boot, len(ids)))
-
-
 def _result(a: float, b: float, reps: np.ndarray) -> PairedResult:
     diff = a - b
-    lo, hi = np.quantile(reps, [0.025, 0.975])
+    lo, hi = percentile(reps)
     # Shift method: centring the replicates on 0 approximates the null distribution
     # of the difference; the +1 counts the observed value as one of the draws, so p
     # is never 0. The tiny tolerance keeps float noise from splitting exact ties.
@@ -51,26 +40,27 @@ def _result(a: float, b: float, reps: np.ndarray) -> PairedResult:
     return PairedResult(float(diff), (float(lo), float(hi)), float(p), float(a), float(b))
 
 
-def paired_from_scores(scores_a, scores_b, clusters, n_boot: int = 2000, seed: int = 0) -> PairedResult:
-    """Paired cluster bootstrap of mean(scores_a) - mean(scores_b).
+def _scores(x, n_items: int | None = None) -> np.ndarray:
+    """Per-item scores as [seeds, N]: a 1-D array is one seed (or scores already averaged over seeds)."""
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    if x.ndim != 2 or x.shape[1] == 0 or (n_items is not None and x.shape[1] != n_items):
+        raise ValueError(f"need non-empty [N] or [seeds, N] scores over the same items, got shape {x.shape}")
+    return x
 
-    scores_a[i] and scores_b[i] are the two systems' scores on the same item i
-    (e.g. seed-averaged per-item scores read from two results files, aligned by
-    the caller). Each replicate resamples clusters with replacement and applies
-    the same draw to both systems, so item-level difficulty shared by A and B
-    cancels out of the difference. CI and p-value as in paired_bootstrap.
+
+def paired_from_scores(scores_a, scores_b, clusters, n_boot: int = 2000, seed: int = 0) -> PairedResult:
+    """Paired hierarchical bootstrap of mean(scores_a) - mean(scores_b).
+
+    scores_a and scores_b are the two systems' per-item scores on the same items, [N] or [seeds, N] (a
+    system's seeds need not match the other's in number). Each replicate draws images with replacement,
+    the same for both systems, so item-level difficulty shared by A and B cancels out of the difference,
+    and each system's seeds independently. CI and p-value as in paired_bootstrap.
     """
-    a, b, clusters = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float), np.asarray(clusters)
-    if a.shape != b.shape or a.ndim != 1 or len(clusters) != len(a) or len(a) == 0:
-        raise ValueError(f"need equal-length, non-empty 1-D scores and clusters, "
-                         f"got {a.shape}, {b.shape}, {clusters.shape}")
-    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
-    # A replicate's mean over its items is (sum over drawn clusters' totals) /
-    # (sum of their sizes); the sizes are shared, so the difference of the two
-    # means is the mean of per-item differences over the same items.
-    size = np.bincount(inv, minlength=n_clusters).astype(float)
-    d_sum = np.bincount(inv, weights=a - b, minlength=n_clusters)
-    reps = d_sum[draws].sum(axis=1) / size[draws].sum(axis=1)
+    clusters = np.asarray(clusters)
+    a = _scores(scores_a, len(clusters))
+    b = _scores(scores_b, len(clusters))
+    resampling = Resampling(clusters, n_boot, seed)
+    reps = resampling.means(a) - resampling.means(b)
     return _result(a.mean(), b.mean(), reps)
 
 
@@ -85,24 +75,16 @@ def _compare(metric, side_a, side_b, clusters, n_boot, seed) -> PairedResult:
         raise ValueError("every prediction array must cover the same items as clusters")
 
     if isinstance(metric, str) and metric in PER_ITEM:
-        # Seed-averaged per-item scores keep the mean exact and let the fast path run.
-        sa = np.mean([per_item(metric, p, t) for p, t in side_a], axis=0)
-        sb = np.mean([per_item(metric, p, t) for p, t in side_b], axis=0)
-        return paired_from_scores(sa, sb, clusters, n_boot, seed)
+        return paired_from_scores([per_item(metric, p, t) for p, t in side_a],
+                                  [per_item(metric, p, t) for p, t in side_b], clusters, n_boot, seed)
 
     # Non-decomposable metrics (macro F1, callables) must be rescored per replicate.
     fn: Metric = METRICS[metric] if isinstance(metric, str) else metric
-
-    def score(side, items=slice(None)):
-        return float(np.mean([fn(p[items], t[items]) for p, t in side]))
-
-    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
-    members = [np.flatnonzero(inv == c) for c in range(n_clusters)]
-    reps = np.empty(n_boot)
-    for r in range(n_boot):
-        items = np.concatenate([members[c] for c in draws[r]])
-        reps[r] = score(side_a, items) - score(side_b, items)
-    return _result(score(side_a), score(side_b), reps)
+    resampling = Resampling(clusters, n_boot, seed)
+    reps = [resampling.rescored(lambda s, items, side=side: fn(side[s][0][items], side[s][1][items]), len(side))
+            for side in (side_a, side_b)]
+    a, b = (float(np.mean([fn(p, t) for p, t in side])) for side in (side_a, side_b))
+    return _result(a, b, reps[0] - reps[1])
 
 
 def paired_bootstrap(
@@ -114,8 +96,8 @@ def paired_bootstrap(
     preds_a / preds_b hold one prediction array per seed; each system's score is
     its seed-averaged metric, and diff = score(A) - score(B). Each bootstrap
     replicate draws clusters (images) with replacement and rescores both systems
-    on the same drawn items (the pairing); ci95 is the 2.5/97.5 percentile of the
-    replicate differences d*.
+    on the same drawn items (the pairing), each on its own draw of its seeds;
+    ci95 is the 2.5/97.5 percentile of the replicate differences d*.
 
     p_value (two-sided) uses the shift method: under H0 the difference is
     distributed like d* - diff, so p = (#{|d* - diff| >= |diff|} + 1) / (n_boot + 1).
@@ -135,7 +117,7 @@ def selectivity(
 
     Both probes are scored on the same test items (control_target relabels them
     with control_targets / control_boxes; use one control map for all probe seeds,
-    as Hewitt & Liang fix one control task), so the CI is the paired cluster
+    as Hewitt & Liang fix one control task), so the CI is the paired
     bootstrap of the difference.
     """
     res = _compare(metric, [(p, np.asarray(task_target)) for p in task_preds],
@@ -145,21 +127,18 @@ def selectivity(
 
 def recovered_from_scores(scores, floor, ceiling, clusters, n_boot: int = 2000,
                           seed: int = 0) -> tuple[float, tuple[float, float]] | None:
-    """(score - floor) / (ceiling - floor) of the means, with a percentile CI from the same cluster draws applied
-    to all three (paired: the items are the same); None when the ceiling is not above the floor.
+    """(score - floor) / (ceiling - floor) of the means, with a percentile CI from the hierarchical bootstrap:
+    the same image draws for all three (paired: the items are the same), each its own seed draws. Each of
+    the three is [N] or [seeds, N]; None when the ceiling is not above the floor.
 
     Replicates whose ceiling does not exceed their floor have no ratio and are left out of the CI."""
-    arrays = [np.asarray(x, dtype=float) for x in (scores, floor, ceiling)]
     clusters = np.asarray(clusters)
-    if any(a.shape != arrays[0].shape or a.ndim != 1 for a in arrays) or len(clusters) != len(arrays[0]):
-        raise ValueError("need three equal-length 1-D score arrays and one cluster per item")
+    arrays = [_scores(x, len(clusters)) for x in (scores, floor, ceiling)]
     c, f, o = (a.mean() for a in arrays)
     if not o - f > 0:
         return None
-    inv, n_clusters, draws = _cluster_draws(clusters, n_boot, seed)
-    size = np.bincount(inv, minlength=n_clusters).astype(float)[draws].sum(axis=1)
-    rep = [np.bincount(inv, weights=a, minlength=n_clusters)[draws].sum(axis=1) / size for a in arrays]
+    resampling = Resampling(clusters, n_boot, seed)
+    rep = [resampling.means(a) for a in arrays]
     span = rep[2] - rep[1]
     ratio = np.where(span > 0, (rep[0] - rep[1]) / np.where(span > 0, span, 1.0), np.nan)
-    lo, hi = np.nanquantile(ratio, [0.025, 0.975])
-    return float((c - f) / (o - f)), (float(lo), float(hi))
+    return float((c - f) / (o - f)), percentile(ratio)

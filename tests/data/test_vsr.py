@@ -370,3 +370,52 @@ def test_hub_offline_without_cache_says_how_to_get_the_data(datasets_cache, monk
     # The default id follows the variant.
     with pytest.raises(SpatialbenchError, match="cambridgeltl/vsr_zeroshot"):
         vsr.read_rows(task(variant="zeroshot"), DataContext())
+
+
+@pytest.mark.parametrize("variant", ["random", "zeroshot"])
+def test_test_items_whose_image_is_in_train_are_counted_and_grouped(variant, coco_root):
+    from spatialbench.data.examples import SEEN, UNSEEN
+    from spatialbench.data.sources import load_task_data
+
+    data = load_task_data(task(variant=variant, annotations=str(VSR / "splits" / variant), images="{coco_root}"),
+                          ctx=DataContext(coco_root=coco_root))
+    train = {r["image"] for r in raw_rows(variant, "train")}
+    seen = sum(r["image"] in train for r in raw_rows(variant, "test"))
+    assert data.test_images_in_train() == pytest.approx(seen / COUNTS[variant]["test"])
+    groups = Counter(ex.groups.get("image") for ex in data.splits["test"])
+    if seen:
+        assert groups == {SEEN: seen, UNSEEN: COUNTS[variant]["test"] - seen}
+    else:
+        assert groups == {None: COUNTS[variant]["test"]}
+    assert all("image" not in ex.groups for s in ("train", "validation") for ex in data.splits[s])
+    if variant == "random":
+        assert 0 < seen < COUNTS["random"]["test"]  # the random split shares images between train and test
+
+
+def test_a_vsr_run_reports_the_overlap_and_the_headline_on_seen_and_unseen_images(coco_root, tmp_path):
+    """Real VSR rows (random split), stand-in images: half the test items share an image with train."""
+    import yaml
+
+    from spatialbench.runner import Runner
+    from spatialbench.specs import RunConfig
+
+    rows = {s: raw_rows("random", s) for s in SPLIT_FILES}
+    train_images = {r["image"] for r in rows["train"]}
+    seen = [r for r in rows["test"] if r["image"] in train_images][:20]
+    unseen = [r for r in rows["test"] if r["image"] not in train_images][:20]
+    wanted = {r["image"] for r in seen}
+    train = [r for r in rows["train"] if r["image"] in wanted] + list(rows["train"][:20])
+    ann = annotations_dir(tmp_path / "vsr", {"train": train, "dev": rows["validation"][:20], "test": seen + unseen})
+    spec = {"name": "vsr_overlap", "kind": "vsr", "dataset": {"source": "vsr", "annotations": str(ann),
+                                                             "images": "{coco_root}"},
+            "probe": {"width": 16, "depth": 1, "epochs": 2, "patience": 1, "lr": 1e-3}}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "vsr_overlap.yaml").write_text(yaml.safe_dump(spec))
+    config = RunConfig(model="blip2-tiny", tasks=["vsr_overlap"], seeds=1, output=tmp_path / "out", device="cpu",
+                       include_paths=[tmp_path / "tasks"], baselines=["blind"], coco_root=coco_root)
+    result = Runner(config).run().tasks["vsr_overlap"]
+    assert result.status == "ok", result.error
+    assert result.test_images_in_train == 0.5
+    groups = result.conditions["frozen"].by_group["image"]
+    assert {k: g.n for k, g in groups.items()} == {"seen in train": 20, "not in train": 20}
+    assert result.by_group["image"] == groups

@@ -1,5 +1,7 @@
 """Sanity oracles for the probing machinery: features that encode the answer, and shuffled labels."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,35 @@ def test_early_stopping_keeps_the_best_validation_epoch():
     assert result.epochs_run < 30
     assert result.val_score == max(result.history)
     assert result.history[result.best_epoch - 1] == result.val_score
+
+
+def test_lr_follows_linear_warmup_then_cosine_per_step():
+    inputs = _class_inputs(encode=True)
+    seen = []
+    spec = _spec("attentive", epochs=4, patience=10, warmup=0.25, lr=[2e-3])
+    fit(inputs, spec, 0, "accuracy", Accelerator(cpu=True), on_step=lambda lrs: seen.append(lrs))
+    steps = 4 * math.ceil(N["train"] / spec.batch_size)  # 40; the first 10 warm up
+    expected = [2e-3 * (s + 1) / 10 if s < 10 else 2e-3 * 0.5 * (1 + math.cos(math.pi * (s - 10) / 30))
+                for s in range(steps)]
+    assert [lrs[0] for lrs in seen] == pytest.approx(expected)
+    assert all(len(set(lrs)) == 1 for lrs in seen)  # decayed and non-decayed groups share the schedule
+    assert max(expected) == expected[9] == expected[10] == 2e-3  # the end of warmup is the start of the cosine
+    assert all(a > b for a, b in zip(expected[10:], expected[11:])) and expected[-1] < 2e-3 * 0.01
+
+
+def test_the_grid_point_is_the_one_given_and_selection_reads_validation_only():
+    from spatialbench.probing.conditions import select
+    from spatialbench.probing.fit import FitResult
+
+    inputs = _class_inputs(encode=True)
+    result = fit(inputs, _spec("linear", epochs=2), 0, "accuracy", Accelerator(cpu=True), lr=7e-4)
+    assert result.lr == 7e-4 and np.isfinite(result.val_loss)
+
+    def made(val, val_loss, test_right):
+        return FitResult(0, np.full(3, test_right), 1, 1, val, 0.0, val_loss=val_loss)
+
+    better_on_test = made(0.60, 0.5, 1)
+    better_on_validation = made(0.70, 0.9, 0)
+    assert select([better_on_test, better_on_validation]) is better_on_validation
+    tie = made(0.70, 0.4, 0)
+    assert select([better_on_validation, tie]) is tie  # equal validation metric: the lower validation loss

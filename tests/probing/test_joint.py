@@ -17,7 +17,7 @@ ALL_BASELINES = ["blind", "random_resampler", "vision_patches"]
 
 
 def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Runner, RunResult]:
-    kw = {"control": False, **kw}
+    kw = {"control": False, "resampler_lr": [1e-3], **kw}  # one resampler lr: a grid multiplies the joint fits
     config = RunConfig(model="blip2-tiny", tasks=[tasks], seeds=2, output=tmp_path / "out", device="cpu",
                        include_paths=[small_tasks], cache_dir=tmp_path / "cache", regime="both",
                        baselines=ALL_BASELINES, **kw)
@@ -28,7 +28,8 @@ def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Run
 def test_both_regimes_baselines_control_and_the_gap_are_reported(small_tasks, tmp_path):
     runner, result = _run(small_tasks, tmp_path, control=True, mdl=True)
     assert result.regimes == ["frozen", "joint"] and result.baselines == ALL_BASELINES
-    assert result.resampler_lr == 1e-3  # the card's, recorded with the results
+    assert result.resampler_lr == [1e-3]  # the flag's, recorded with the results
+    assert result.joint_training.resampler_mode == "train" and result.joint_training.mixed_precision == "no"
     for name, task in result.tasks.items():
         assert task.status == "ok", task.error
         assert set(task.conditions) == {"frozen", "joint", *ALL_BASELINES}
@@ -58,7 +59,7 @@ def test_every_joint_fit_starts_from_the_checkpoints_resampler(small_tasks, tmp_
     assert starts[0] == runner.snapshot.digest()
 
 
-def _joint_setup(small_tasks, tmp_path, **config):
+def _joint_setup(small_tasks, tmp_path, resampler_mode="train", **config):
     from spatialbench.adapters.base import get_family
     from spatialbench.data.sources import load_task_data
     from spatialbench.features import FeatureStore
@@ -77,7 +78,7 @@ def _joint_setup(small_tasks, tmp_path, **config):
     rows = vision.load([(k, None) for k, _ in inputs.row_keys]).float()
     snapshot = ResamplerSnapshot(adapter)
     run = RunConfig(model="blip2-tiny", tasks=["small_grid"], regime="joint", baselines=[], **config)
-    [joint] = conditions.plan(run, inputs, rows, adapter, snapshot)
+    [joint] = conditions.plan(run, inputs, rows, adapter, snapshot, resampler_mode=resampler_mode)
     return adapter, task, joint, snapshot
 
 
@@ -125,8 +126,8 @@ def test_joint_regime_under_bf16_autocast_trains_the_resampler(small_tasks, tmp_
 
 def test_the_cards_resampler_lr_is_the_default_and_the_flag_overrides_it(small_tasks, tmp_path):
     base = dict(model="blip2-tiny", tasks=["small_grid"], include_paths=[small_tasks], regime="joint")
-    assert Runner(RunConfig(**base)).resampler_lr == 1e-3  # models/blip2-tiny.yaml
-    assert Runner(RunConfig(**base, resampler_lr=5e-4)).resampler_lr == 5e-4
+    assert Runner(RunConfig(**base)).resampler_lr == [3e-4, 1e-3]  # models/blip2-tiny.yaml: a grid
+    assert Runner(RunConfig(**base, resampler_lr=5e-4)).resampler_lr == [5e-4]
 
 
 def test_the_vision_encoder_runs_once_per_image_per_run(small_tasks, tmp_path, monkeypatch):
@@ -158,3 +159,104 @@ def test_version_1_results_still_read(small_tasks, tmp_path):
     path.write_text(json.dumps(v1))
     old = read_results(path)
     assert old.schema_version == 1 and old.tasks["small_vsr"].metrics == result.tasks["small_vsr"].metrics
+
+
+def test_the_resampler_trains_with_its_dropout_on_unless_the_card_keeps_eval_mode(small_tasks, tmp_path):
+    adapter, task, joint, _ = _joint_setup(small_tasks, tmp_path)
+    assert adapter.parts.qformer.config.hidden_dropout_prob > 0  # the tiny Q-Former has dropout to switch
+    rows = joint.inputs.features[:4]
+    encoder = joint.encoder().train()
+    assert not torch.equal(encoder(rows, None), encoder(rows, None))  # two train-mode passes differ
+    encoder.eval()
+    assert torch.equal(encoder(rows, None), encoder(rows, None))
+    assert not adapter.parts.qformer.training  # evaluation leaves the resampler as extraction needs it
+    _, _, kept, _ = _joint_setup(small_tasks, tmp_path, resampler_mode="eval")
+    encoder = kept.encoder().train()
+    assert torch.equal(encoder(rows, None), encoder(rows, None))
+    assert all(p.requires_grad for p in encoder.parameters())  # still trained, only without dropout
+
+
+def test_joint_weight_decay_spares_norms_biases_and_query_tokens_and_lrs_follow_the_schedule(small_tasks, tmp_path):
+    adapter, task, joint, _ = _joint_setup(small_tasks, tmp_path)
+    encoder = joint.encoder()
+    decayed, plain = encoder.param_groups(1e-3, 0.05)
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    linear = {id(m.weight) for m in adapter.parts.qformer.modules() if isinstance(m, torch.nn.Linear)}
+    norms = {id(p) for m in adapter.parts.qformer.modules() if isinstance(m, torch.nn.LayerNorm)
+             for p in m.parameters()}
+    assert linear <= ids(decayed["params"]) and not norms & ids(decayed["params"])
+    assert id(adapter.parts.query_tokens) in ids(plain["params"])
+    assert ids(decayed["params"]) | ids(plain["params"]) == ids(adapter.resampler_parameters())
+    seen = []
+    spec = task.probe.model_copy(update={"epochs": 2, "warmup": 0.5})
+    fit(joint.inputs, spec, 0, task.headline, Accelerator(cpu=True), encoder=encoder, encoder_lr=2e-3,
+        lr=1e-3, on_step=lambda lrs: seen.append(lrs))
+    factors = [lrs[0] / 1e-3 for lrs in seen]
+    assert all(lrs[-1] == pytest.approx(2e-3 * f) for lrs, f in zip(seen, factors))  # resampler: same schedule
+    assert factors[0] < factors[len(factors) // 2 - 1] and factors[-1] < factors[len(factors) // 2]
+
+
+def test_joint_random_and_random_resampler_start_from_the_models_own_init_drawn_per_seed(small_tasks, tmp_path):
+    adapter, task, joint, snapshot = _joint_setup(small_tasks, tmp_path)
+    checkpoint, vision = snapshot.digest(), [p.clone() for p in adapter.parts.vision_model.parameters()]
+    snapshot.randomise(0)
+    first = snapshot.digest()
+    linear = next(m for m in adapter.parts.qformer.modules() if isinstance(m, torch.nn.Linear))
+    # The Q-Former's own rule: normal weights with its config's initializer_range (0.5 in the tiny build).
+    assert linear.weight.std().item() == pytest.approx(adapter.parts.qformer.config.initializer_range, rel=0.2)
+    assert torch.all(linear.bias == 0)
+    queries = adapter.parts.query_tokens[0]
+    assert not torch.allclose(queries[0], queries[1])  # query tokens redrawn, not left identical
+    assert all(torch.equal(p, v) for p, v in zip(adapter.parts.vision_model.parameters(), vision))
+    snapshot.restore()
+    assert snapshot.digest() == checkpoint
+    snapshot.randomise(0)
+    assert snapshot.digest() == first  # deterministic in the seed
+    snapshot.randomise(1)
+    assert snapshot.digest() not in (first, checkpoint)
+    snapshot.restore()
+
+
+def test_joint_random_and_every_comparison_with_holm_and_the_selected_lrs_are_reported(small_tasks, tmp_path):
+    """The issue's command, on small tasks with a two-point probe grid: run --regime both."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from spatialbench.cli import app
+
+    for name in ("small_relation", "small_grid"):
+        spec = yaml.safe_load((small_tasks / f"{name}.yaml").read_text())
+        spec["probe"]["lr"] = [3e-4, 1e-3]
+        (small_tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "run", "--model", "blip2-tiny", "--tasks", "small_relation,small_grid", "--regime", "both", "--seeds", "2",
+        "--include-path", str(small_tasks), "--device", "cpu", "--output", str(out), "--cache-dir",
+        str(tmp_path / "cache"), "--no-control", "--resampler-lr", "1e-3"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    run = read_results(out / "blip2-tiny" / "results.json")
+    assert run.baselines == ["blind", "oracle", "random_resampler", "vision_patches", "joint_random"]
+    family = []
+    for task in run.tasks.values():
+        assert task.status == "ok", task.error
+        assert {"frozen", "joint", "joint_random", "oracle", "blind"} <= set(task.conditions)
+        assert set(task.comparisons) == {"joint_vs_frozen", "joint_vs_joint_random", "frozen_vs_blind",
+                                         "vision_patches_vs_frozen", "oracle_vs_frozen"}
+        for c in task.comparisons.values():
+            assert c.ci95[0] <= c.diff <= c.ci95[1] and 0 < c.p_value <= c.p_holm <= 1
+            family.append(c.p_value)
+        for name, cond in task.conditions.items():
+            for seed in cond.seeds:
+                assert seed.lr in (3e-4, 1e-3)
+                trained = name in ("joint", "joint_random")
+                assert [(g.lr, g.resampler_lr) for g in seed.grid] == [(3e-4, 1e-3 if trained else None),
+                                                                       (1e-3, 1e-3 if trained else None)]
+                assert seed.resampler_lr == (1e-3 if trained else None)
+                best = max(seed.grid, key=lambda g: g.validation)
+                assert seed.validation == best.validation  # the selected point is the best on validation
+        assert task.conditions["joint_random"].resampler_start != task.conditions["joint"].resampler_start
+    from spatialbench.stats.bootstrap import holm
+
+    assert [c.p_holm for t in run.tasks.values() for c in t.comparisons.values()] == pytest.approx(holm(family))
+    assert "joint - joint_random" in result.output and "Holm" in result.output

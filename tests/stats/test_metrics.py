@@ -138,15 +138,38 @@ def test_bootstrap_all_correct_is_one():
     assert cluster_bootstrap_ci("accuracy", [y, y], y, np.arange(100) // 4) == (1.0, 1.0)
 
 
-def test_bootstrap_single_cluster_is_degenerate_at_point():
+def test_bootstrap_single_cluster_and_seed_is_degenerate_at_point():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 60)
-    preds = [np.where(rng.random(60) < 0.6, y, (y + 1) % 3) for _ in range(3)]
+    pred = np.where(rng.random(60) < 0.6, y, (y + 1) % 3)
     one = np.zeros(60, dtype=int)
     for name in ("accuracy", "macro_f1"):  # fast path and explicit loop
-        point = np.mean([METRICS[name](p, y) for p in preds])
-        lo, hi = cluster_bootstrap_ci(name, preds, y, one, n_boot=50)
+        point = METRICS[name](pred, y)
+        lo, hi = cluster_bootstrap_ci(name, [pred, pred], y, one, n_boot=50)
         assert lo == pytest.approx(point) and hi == pytest.approx(point)
+
+
+def test_bootstrap_reads_seeds_a_ci_widens_when_seeds_disagree():
+    # Two conditions with the same seed-averaged predictions item by item, over the same images: in one the
+    # seeds agree (each 0.6), in the other they disagree (0.2, 0.6, 1.0). Only a bootstrap that draws seeds
+    # can tell them apart.
+    n, image = 300, np.arange(300) // 3
+    y = np.zeros(n, dtype=int)
+    rng = np.random.default_rng(1)
+
+    def hits(share):
+        return np.where(rng.permutation(n) < share * n, 0, 1)
+
+    agree = [hits(0.6) for _ in range(3)]
+    disagree = [hits(0.2), hits(0.6), hits(1.0)]
+    for name in ("accuracy", "macro_f1"):
+        lo_a, hi_a = cluster_bootstrap_ci(name, agree, y, image, n_boot=300)
+        lo_d, hi_d = cluster_bootstrap_ci(name, disagree, y, image, n_boot=300)
+        assert hi_d - lo_d > 3 * (hi_a - lo_a)
+        assert lo_d < 0.45 and hi_d > 0.75  # the seeds' spread, not the items'
+    # One image, one item per seed: the interval is the seeds' range.
+    lo, hi = cluster_bootstrap_ci("accuracy", [np.array([0]), np.array([1])], np.array([0]), np.array([0]))
+    assert (lo, hi) == (0.0, 1.0)
 
 
 def test_bootstrap_clustering_widens_interval():

@@ -26,12 +26,23 @@ def _preds_from_hits(hits, target, n_classes=2):
 def test_identical_systems():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 120)
-    preds = [rng.integers(0, 3, 120) for _ in range(3)]
-    res = paired_bootstrap("accuracy", preds, [p.copy() for p in preds], y, np.arange(120) // 4, n_boot=500)
+    pred = rng.integers(0, 3, 120)
+    res = paired_bootstrap("accuracy", [pred, pred], [pred.copy()], y, np.arange(120) // 4, n_boot=500)
     assert isinstance(res, PairedResult)
     assert res.diff == 0.0
     assert res.ci95 == pytest.approx((0.0, 0.0), abs=1e-12)
     assert res.p_value == 1.0
+
+
+def test_identical_systems_whose_seeds_disagree_are_not_certainly_equal():
+    # Each system's seeds are independent trainings, drawn on their own: two conditions with the same
+    # three disagreeing seeds have a zero difference whose CI holds the seeds' spread, and p = 1.
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 120)
+    preds = [rng.integers(0, 3, 120) for _ in range(3)]
+    res = paired_bootstrap("accuracy", preds, [p.copy() for p in preds], y, np.arange(120) // 4, n_boot=500)
+    assert res.diff == 0.0 and res.p_value == 1.0
+    assert res.ci95[0] < -0.02 and res.ci95[1] > 0.02
 
 
 def test_always_right_vs_always_wrong():
