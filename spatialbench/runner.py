@@ -82,8 +82,8 @@ class Runner:
         self.tasks = TaskRegistry(config.include_paths).resolve(config.tasks)
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
-        self.accelerator = Accelerator(cpu=device == "cpu",
-                                       mixed_precision=resolve_precision(config.mixed_precision, device))
+        self.mixed_precision = resolve_precision(config.mixed_precision, device)
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=self.mixed_precision)
         if not self.accelerator.is_main_process:  # under `accelerate launch`, one process speaks
             self.reporter = Reporter(Console(quiet=True))
         self.cache_dir = Path(config.cache_dir or default_cache_dir())
@@ -93,7 +93,6 @@ class Runner:
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
         self.resampler_lr = config.resampler_lr or self.card.resampler_lr  # a grid
         self.resampler_mode = config.resampler_mode or self.card.resampler_mode
-        self.mixed_precision = resolve_precision(config.mixed_precision, device)
         if config.data_seed is not None:
             self.tasks = [with_data_seed(t, config.data_seed) for t in self.tasks]
         self.cells = CellStore(self.out_dir / "cells")
