@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -19,10 +20,20 @@ def quiet_libraries() -> None:
     """transformers' fallback warnings and progress bars would bury the run's own output."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging
+    from transformers.utils import logging as hf_logging
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def log_progress(console: Console) -> None:
+    """Show spatialbench's own INFO logs (a testbed build's pretraining progress) on `console`, once."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("spatialbench")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_time=False, show_path=False, show_level=False))
+        logger.setLevel(logging.INFO)
 
 
 class Reporter:

@@ -106,3 +106,34 @@ def test_installed_wheel_ships_tasks_and_cards(tmp_path):
     listed = subprocess.run([sys.executable, "-c", "import spatialbench.registry as r; print(r.builtin_dir('tasks'))"],
                             cwd=elsewhere, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
     assert str(target) in listed.stdout
+
+
+def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp_path, monkeypatch):
+    import yaml
+
+    from spatialbench import cli as cli_module
+    from spatialbench.adapters import pretraining as pt
+    from spatialbench.adapters import testbed
+
+    small = pt.Budget(train_scenes=48, validation_scenes=16, steps=3, batch_size=16)
+    monkeypatch.setenv("SPATIALBENCH_CACHE", str(tmp_path / "cache"))  # a fresh machine: nothing built yet
+    monkeypatch.setattr(testbed, "VISION_BUDGET", small)
+    monkeypatch.setattr(testbed, "CAPTION_BUDGET", small)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for path in cli_module.DEMO_TASK_DIR.glob("*.yaml"):  # the shipped demo tasks, shrunk to seconds
+        spec = yaml.safe_load(path.read_text())
+        spec["dataset"]["sizes"] = {"train": 30, "validation": 12, "test": 12}
+        spec["probe"]["epochs"] = 2
+        (tasks / path.name).write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(cli_module, "DEMO_TASK_DIR", tasks)
+    result = cli.invoke(app, ["demo", "--output", str(tmp_path / "out")], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "out" / "blip2-pretrained" / "results.json").read_text())
+    assert set(run["regimes"]) == {"frozen", "joint"} and "blip2-pretrained" in run["checkpoint"]
+    for task in ("demo_region_grid", "demo_relation"):
+        assert {"frozen", "joint", "joint_random", "blind", "oracle", "vision_patches"} <= set(
+            run["tasks"][task]["conditions"])
+    built = tmp_path / "cache" / "tiny"
+    assert {p.name.rsplit("-v", 1)[0] for p in built.iterdir()} == {"testbed-vision", "blip2-pretrained"}
+    assert "How to read it" in result.output and "blip2-pretrained-spatial" in result.output

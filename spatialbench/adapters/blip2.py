@@ -165,3 +165,6 @@ def build_blip2_tiny(out: Path) -> None:
     model.save_pretrained(out, max_shard_size="100KB")
     tokenizer.save_pretrained(out)
     BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
+
+
+from . import testbed as _testbed  # noqa: E402,F401  registers the pretrained BLIP-2 testbed builds

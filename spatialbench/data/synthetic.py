@@ -108,22 +108,27 @@ def generate_scenes(ds: SyntheticDataset, split: str, source_split: str | None =
 
 
 def render(scene: Scene) -> Image.Image:
+    return paint(scene, "RGB", BACKGROUND, lambda obj: RGB[obj.colour])
+
+
+def paint(scene: Scene, mode: str, background, fill: Callable[[SceneObject], object]) -> Image.Image:
+    """The scene's shapes drawn in `mode`, each in `fill(obj)`: its colour, or (pretraining) a label."""
     size = scene.image_size
-    image = Image.new("RGB", (size, size), BACKGROUND)
-    draw = ImageDraw.Draw(image)  # no anti-aliasing: every pixel is background or exactly one colour
+    image = Image.new(mode, (size, size), background)
+    draw = ImageDraw.Draw(image)  # no anti-aliasing: every pixel is background or exactly one object's
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.box
         right, bottom = x1 - 1, y1 - 1  # PIL includes the end coordinate
         xc, yc = (x0 + right) / 2, (y0 + bottom) / 2
-        fill = RGB[obj.colour]
+        colour = fill(obj)
         if obj.shape == "circle":
-            draw.ellipse((x0, y0, right, bottom), fill=fill)
+            draw.ellipse((x0, y0, right, bottom), fill=colour)
         elif obj.shape == "square":
-            draw.rectangle((x0, y0, right, bottom), fill=fill)
+            draw.rectangle((x0, y0, right, bottom), fill=colour)
         elif obj.shape == "triangle":
-            draw.polygon([(x0, bottom), (right, bottom), (xc, y0)], fill=fill)
+            draw.polygon([(x0, bottom), (right, bottom), (xc, y0)], fill=colour)
         else:
-            draw.polygon([(xc, y0), (right, yc), (xc, bottom), (x0, yc)], fill=fill)
+            draw.polygon([(xc, y0), (right, yc), (xc, bottom), (x0, yc)], fill=colour)
     return image
 
 
