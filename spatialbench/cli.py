@@ -153,8 +153,10 @@ DEMO_READING = (
     "How to read it: blind is what the question alone gives and oracle a prompt holding every object's box; "
     "vision_patches probes the vision encoder before the Q-Former, frozen the pretrained Q-Former's prompt, joint "
     "that Q-Former trained with the probe, joint_random the same architecture trained from a random start. "
-    "blip2-pretrained was pretrained to name the objects, never to say where: frozen near blind while vision_patches and "
-    "joint are far above means its prompt dropped where things are although the resampler can keep it. "
+    "blip2-pretrained was pretrained to name the objects, never to say where: frozen near blind while "
+    "vision_patches is far above means its prompt dropped where things are; joint above frozen would mean the "
+    "resampler can keep it once trained for it, and joint against joint_random how much the pretrained start "
+    "helps. "
     "The object-aware variant: spatialbench run --model blip2-pretrained-spatial --tasks demo --include-path {tasks}"
 )
 
