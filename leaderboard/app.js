@@ -54,7 +54,10 @@
     const gapOf = row.role === "regime" ? models[row.model].gap : {};  // the gap is the model's, shown on its regimes
     const gaps = tasks.map((t) => gapOf[t.name]).filter(Boolean);
     const sel = tasks.map((t) => row.selectivity[t.name]).filter(Boolean);
+    const rec = tasks.map((t) => (row.recovered || {})[t.name]).filter(Boolean);
     return {
+      rec: mean(rec.map((r) => r.value)),
+      recN: rec.length,
       average: mean(cells.map((c) => shown(c, c.mean))),
       win: mean(cells.map((c) => c.win)),
       gap: mean(gaps.map((g) => g.diff)),
@@ -94,6 +97,8 @@
     cols.push(
       { key: "average", label: "avg", sub: "over shown tasks", value: (r, s) => s.average, summary: true },
       { key: "win", label: "win rate", sub: "mean over tasks", value: (r, s) => s.win, summary: true },
+      { key: "recovered", label: "recovered", sub: "(x − blind) / (oracle − blind)", value: (r, s) => s.rec,
+        summary: true },
       { key: "gap", label: "Δ joint − frozen", sub: "mean; CI excl. 0", value: (r, s) => s.gap, summary: true },
       { key: "sel", label: "selectivity", sub: "task − control", value: (r, s) => s.sel, summary: true },
     );
@@ -180,6 +185,15 @@
     for (const t of tasks) tr.appendChild(taskCell(row, t));
     tr.appendChild(el("td", fmt(s.average), "summary"));
     tr.appendChild(el("td", s.win === null ? "–" : Math.round(s.win * 100) + "%", "summary"));
+    const rec = el("td", fmt(s.rec), "summary");
+    if (s.recN) {
+      rec.appendChild(el("span", s.recN + " tasks", "ci"));
+      rec.title = tasks.filter((t) => (row.recovered || {})[t.name]).map((t) => {
+        const r = row.recovered[t.name];
+        return t.name + ": recovered " + fmt(r.value) + " [" + fmt(r.lo) + ", " + fmt(r.hi) + "]";
+      }).join("\n");
+    }
+    tr.appendChild(rec);
     const gap = el("td", signed(s.gap), "summary");
     if (s.gapN) gap.appendChild(el("span", s.gapSig + "/" + s.gapN + " tasks", "ci"));
     if (s.gapN) gap.title = pairedTitle("joint − frozen", tasks, model.gap);

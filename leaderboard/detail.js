@@ -119,6 +119,17 @@
     return table(head, body);
   }
 
+  // (x − blind) / (oracle − blind) per task and condition, where the run had both references.
+  function recoveredTable(rows, tasks) {
+    const withShare = rows.filter((r) => Object.keys(r.recovered || {}).length);
+    if (!withShare.length) return null;
+    const body = tasks.map((t) => [t.name, ...withShare.map((r) => {
+      const v = r.recovered[t.name];
+      return v ? fmt(v.value) + " " + interval(v.lo, v.hi) : "–";
+    })]);
+    return table(["task", ...withShare.map((r) => r.condition)], body);
+  }
+
   // One collapsible block per task: a table per group key (relation, meta-category, colour...).
   function perGroup(rows, tasks) {
     const wrap = el("div");
@@ -167,6 +178,11 @@
     }
     section.appendChild(el("h3", "Per task: headline mean [95% CI] per regime and baseline"));
     section.appendChild(perTask(model, rows, tasks));
+    const shares = recoveredTable(rows, tasks);
+    if (shares) {
+      section.appendChild(el("h3", "Recovered: share of the blind-to-oracle headroom [95% CI]"));
+      section.appendChild(shares);
+    }
     const failed = Object.entries(model.failed);
     for (const [name, error] of failed) section.appendChild(el("p", name + " failed: " + error, "failed"));
     section.appendChild(el("h3", "Per group (headline, mean over seeds)"));

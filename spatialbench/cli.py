@@ -166,7 +166,7 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo's results go")] = Path("results/demo"),
     seeds: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The embedded testbed: a small BLIP-2 pretrained here (once, about a minute) on small copies of the grid and
+    """The embedded testbed: a small BLIP-2 pretrained here (once, about 1.5 minutes) on small copies of the grid and
     relation tasks, frozen and joint, between the blind floor and the oracle ceiling. Offline, CPU, minutes."""
     run(model="blip2-pretrained", tasks=DEMO_TASKS, seeds=seeds, limit=None, output=output, batch_size=64,
         device=Device.auto, cache_dir=None, include_path=[DEMO_TASK_DIR], mixed_precision=Precision.auto, point=None,

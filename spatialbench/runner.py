@@ -28,7 +28,7 @@ from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
 from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, git_hash
 from .stats.bootstrap import holm
-from .specs import ModelCard, RunConfig, TaskSpec
+from .specs import ModelCard, RunConfig, TaskSpec, with_data_seed
 
 
 def resolve_card(model: str) -> ModelCard:
@@ -54,13 +54,6 @@ def resolve_precision(precision: str, device: str) -> str:
         return precision
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-
-
-def with_data_seed(task: TaskSpec, seed: int) -> TaskSpec:
-    """The task with its synthetic scenes drawn from another seed (a confirmation run); others unchanged."""
-    if task.dataset.source != "synthetic":
-        return task
-    return task.model_copy(update={"dataset": task.dataset.model_copy(update={"seed": seed})})
 
 
 def data_seed_note(task: TaskSpec, seed: int | None) -> list[str]:

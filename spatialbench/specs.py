@@ -256,3 +256,10 @@ class RunConfig(Strict):
     @property
     def regimes(self) -> list[str]:
         return ["frozen", "joint"] if self.regime == "both" else [self.regime]
+
+
+def with_data_seed(task: TaskSpec, seed: int | None) -> TaskSpec:
+    """The task with its synthetic scenes drawn from another seed (a confirmation run); others unchanged."""
+    if seed is None or task.dataset.source != "synthetic":
+        return task
+    return task.model_copy(update={"dataset": task.dataset.model_copy(update={"seed": seed})})

@@ -16,7 +16,7 @@ from ..data.registry import DataContext
 from ..errors import SpatialbenchError, ValidationErrors
 from ..registry import TaskRegistry, unknown_name
 from ..results import RunResult, read_results
-from ..specs import TARGET_METRICS, TaskSpec
+from ..specs import TARGET_METRICS, TaskSpec, with_data_seed
 from .checks import KNOWN_METRICS, Problems, check_run, check_task
 
 
@@ -63,7 +63,7 @@ class Validator:
     def __init__(self, include_paths: list[Path] = (), data: DataContext | None = None):
         self.registry = TaskRegistry(list(include_paths))
         self.data = data or DataContext.from_flags()
-        self._sizes: dict[tuple[str, int | None], tuple[dict, dict] | str] = {}
+        self._sizes: dict[tuple[str, int | None, int | None], tuple[dict, dict] | str] = {}
 
     def known_tasks(self) -> dict[str, dict]:
         """Registry facts the page shows: kind, version, groups, headline."""
@@ -72,7 +72,7 @@ class Validator:
 
     def expected_sizes(self, spec: TaskSpec, limit: int | None) -> tuple[dict, dict] | str:
         """(examples per split, images per split), or why they cannot be computed here."""
-        key = (spec.name, limit)
+        key = (spec.name, spec.dataset.seed if spec.dataset.source == "synthetic" else None, limit)
         if key not in self._sizes:
             from ..data.sources import load_task_data  # the loaders are only needed for this check
 
@@ -104,8 +104,8 @@ class Validator:
             target = spec.target if spec else task.target
             allowed = list(TARGET_METRICS.get(target, KNOWN_METRICS))
             check_task(out, report.result, key, task, allowed, spec.headline if spec else None)
-            if spec is not None and task.status == "ok":
-                self._check_split_sizes(out, report, key, task, spec)
+            if spec is not None and task.status == "ok":  # a confirmation run's scenes come from its data seed
+                self._check_split_sizes(out, report, key, task, with_data_seed(spec, report.result.data_seed))
         report.problems += out
         return report
 
