@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-BUILD_VERSION = 2  # bump when a builder changes, so stale tiny checkpoints are rebuilt
+BUILD_VERSION = 3  # bump when a builder changes, so stale tiny checkpoints are rebuilt (3: the testbed's vision budget)
 IMAGE_SIZE = 64
 WORDS = (
     "the a an is are of to in on at and not what where which left right above below top bottom "
