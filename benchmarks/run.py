@@ -16,6 +16,8 @@ Figures (NAME for --only):
   throughput    end-to-end extraction (FeatureStore.ensure) / bare adapter forward loop, images/s (>= 0.8)
   joint         joint epoch recomputing the vision tower / over cached vision features (>= 3)
   grid          9 probes as 9 `spatialbench run`s / in one `spatialbench run` (>= 2)
+  pipeline      extraction images/s with an instant model (decode, preprocess, cache writes: the pipeline's
+                own ceiling), 2 decoding workers / none (>= 1.6 on 2 cores)
   memory        peak RSS of extracting 10N images / of N images (<= 1.10)
   realsize      peak RSS loading real-size blip2-opt-2.7b for extraction / fp32 bytes of vision, Q-Former,
                 queries and projection (<= 1.3); runs only with --real-size (writes ~15.5 GB to disk and deletes it)
@@ -46,7 +48,7 @@ import transformers
 from spatialbench.report import quiet_libraries
 from spatialbench.runner import resolve_card
 
-FIGURES = ("extraction", "warm", "throughput", "joint", "grid", "memory", "realsize")
+FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "memory", "realsize")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 QUICK_SIZES = {"train": 120, "validation": 30, "test": 60}
 JOINT_SIZES = {"train": 96, "validation": 16, "test": 16}
@@ -206,6 +208,14 @@ class Bench:
             task = registry.get(name)
             store.ensure(feature_requests(task, load_task_data(task), self.adapter))
 
+    def pipeline(self) -> None:
+        import speed
+
+        n = 64 if self.args.quick else 256
+        r = speed.pipeline_workers(self.adapter, self.work / "pipeline", n, self.args.batch_size, workers=2, rounds=2)
+        ratio = r.pop("ratio")
+        self.figures["pipeline_worker_speedup"] = figure(ratio, ">= 1.6", ratio >= 1.6, **r)
+
     def memory(self) -> None:
         import memory
 
@@ -275,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "parameters": midsize.parameter_count(Path(resolve_card(str(bench.card)).checkpoint))}
         report["tasks"] = bench.selector if args.quick is False else f"{bench.selector} (sizes {QUICK_SIZES})"
         steps = {"extraction": bench.extraction_and_warm, "warm": bench.extraction_and_warm,
-                 "throughput": bench.throughput, "joint": bench.joint, "grid": bench.grid, "memory": bench.memory,
+                 "throughput": bench.throughput, "pipeline": bench.pipeline, "joint": bench.joint, "grid": bench.grid, "memory": bench.memory,
                  "realsize": bench.realsize}
         done = set()
         for name in only:

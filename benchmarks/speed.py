@@ -2,7 +2,8 @@
 
 - throughput: FeatureStore.ensure (decode, preprocess, forward, cache write) vs a bare forward loop;
 - joint_epoch: one joint-regime epoch over cached vision features vs recomputing them every batch;
-- probe_grid: a learning-rate x seed grid in one `spatialbench run` vs one `spatialbench run` per probe.
+- probe_grid: a learning-rate x seed grid in one `spatialbench run` vs one `spatialbench run` per probe;
+- pipeline_workers: FeatureStore.ensure with an instant model, decoding in 2 worker processes vs in-process.
 """
 
 from __future__ import annotations
@@ -191,3 +192,46 @@ def probe_grid(card: Path, tasks_dir: Path, names: list[str], seeds: int, cache_
             "mean_fit_s": round(sum(one_fits + per_probe_fits) / len(one_fits + per_probe_fits), 2),
             "mean_process_overhead_s": round(sum(overhead) / len(overhead), 2),
             "ratio": round(sum(per_probe) / one, 3)}
+
+
+def jpeg_requests(work: Path, n: int, size: tuple[int, int] = (640, 480)) -> list:
+    """(content key, None, loader) for n COCO-size JPEG files written to `work`: decoding is real work."""
+    import numpy as np
+    from PIL import Image
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    requests = []
+    for i in range(n):
+        path = work / f"{i}.jpg"
+        noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)  # smooth enough to compress
+        Image.fromarray(noise).resize(size, Image.BILINEAR).save(path, quality=90)
+        requests.append((f"jpeg-{i}", None, lambda p=path: Image.open(p).convert("RGB")))
+    return requests
+
+
+def pipeline_workers(adapter: Adapter, work: Path, n_images: int, batch_size: int, workers: int, rounds: int) -> dict:
+    """Images/s of FeatureStore.ensure when the model costs nothing: the pipeline's own ceiling (decode,
+    the model's real preprocessing, cache writes), with `workers` decoding processes vs none.
+
+    The instant model replaces visual_prompt on this adapter only; rounds alternate (0, workers, 0, ...)."""
+    requests = jpeg_requests(work / "jpegs", n_images)
+    shape = adapter.prompt_shape
+    adapter.visual_prompt = lambda pixels, texts=None: torch.zeros(len(pixels), *shape)
+    seconds: dict[int, list[float]] = {0: [], workers: []}
+    try:
+        for r in range(rounds):
+            for w in (0, workers):
+                cache = work / f"pipeline-cache-{r}-{w}"
+                store = FeatureStore(adapter, cache, batch_size, workers=w)
+                start = time.perf_counter()
+                store.ensure(requests)
+                seconds[w].append(time.perf_counter() - start)
+                assert store.extracted == n_images, (store.extracted, n_images)
+                shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        del adapter.visual_prompt  # the class's own again
+    rate = {w: n_images * rounds / sum(s) for w, s in seconds.items()}
+    return {"images": n_images, "image_size": [640, 480], "batch_size": batch_size, "rounds": rounds,
+            "workers": workers, "seconds": {str(w): [round(x, 3) for x in s] for w, s in seconds.items()},
+            "images_per_s": {str(w): round(v, 2) for w, v in rate.items()}, "ratio": round(rate[workers] / rate[0], 3)}

@@ -73,6 +73,8 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)] = None,
     output: Annotated[Path, typer.Option(help="results go to OUTPUT/<model>/results.json")] = Path("results"),
     batch_size: Annotated[int, typer.Option(help="images per extraction batch", min=1)] = 32,
+    workers: Annotated[Optional[int], typer.Option(
+        help="processes decoding images during extraction; 0: none [default: one per core, at most 8]", min=0)] = None,
     device: Annotated[Device, typer.Option(help="where the model and probes run")] = Device.auto,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
@@ -116,7 +118,7 @@ def run(
     runner = None
     try:
         config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
-                           device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
+                           workers=workers, device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
                            mixed_precision=mixed_precision.value, point=point.value if point else None,
                            trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root,
                            regime=regime.value, baselines=_baselines(baselines), control=control,
@@ -166,10 +168,10 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo's results go")] = Path("results/demo"),
     seeds: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The embedded testbed: a small BLIP-2 pretrained here (once, about 1.5 minutes) on small copies of the grid and
+    """The embedded testbed: a small BLIP-2 pretrained here (once, about 2.5 minutes) on small copies of the grid and
     relation tasks, frozen and joint, between the blind floor and the oracle ceiling. Offline, CPU, minutes."""
     run(model="blip2-pretrained", tasks=DEMO_TASKS, seeds=seeds, limit=None, output=output, batch_size=64,
-        device=Device.auto, cache_dir=None, include_path=[DEMO_TASK_DIR], mixed_precision=Precision.auto, point=None,
+        workers=None, device=Device.auto, cache_dir=None, include_path=[DEMO_TASK_DIR], mixed_precision=Precision.auto, point=None,
         trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.both,
         baselines="blind,oracle,vision_patches,joint_random", control=False, resampler_lr=None, resampler_mode=None,
         data_seed=None, mdl=False, gradient_checkpointing=False)

@@ -18,7 +18,7 @@ from .adapters.loading import default_cache_dir
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
-from .features import FeatureStore, Request, digest
+from .features import FeatureStore, Request, default_workers, digest
 from .probing import conditions, scoring
 from .probing.cells import CellStore
 from .probing.inputs import build_inputs, feature_requests
@@ -101,9 +101,11 @@ class Runner:
             adapter = get_family(self.card.family).load(
                 self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
                 trust_remote_code=config.trust_remote_code)
-        store = FeatureStore(adapter, self.cache_dir, config.batch_size)
+        workers = default_workers() if config.workers is None else config.workers
+        store = FeatureStore(adapter, self.cache_dir, config.batch_size, workers=workers)
         uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
-        vision = FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches") if uses_vision else None
+        vision = (FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches", workers=workers)
+                  if uses_vision else None)
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
         self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
                               self.resampler_mode)

@@ -227,6 +227,8 @@ class RunConfig(Strict):
     limit: int | None = Field(None, ge=1, description="testing only: cap examples per split")
     output: Path = Path("results")
     batch_size: int = Field(32, ge=1)
+    workers: int | None = Field(None, ge=0, description="processes decoding and preprocessing images during "
+                                "extraction; 0: in the main process [default: one per core, at most 8]")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: Path | None = None
     include_paths: list[Path] = Field(default_factory=list)

@@ -136,3 +136,35 @@ def test_an_entry_without_a_checksum_is_extracted_again(tmp_path):
     again = FeatureStore(CountingAdapter(), tmp_path)
     again.ensure(_images(2).items())
     assert again.recomputed == 1 and again.extracted == 1 and again.reused == 1
+
+
+def _unreadable():
+    from spatialbench.errors import SpatialbenchError
+
+    raise SpatialbenchError("cannot read /data/broken.jpg")
+
+
+def test_worker_processes_decode_and_the_entries_are_those_of_decoding_here(tmp_path):
+    import os
+
+    here, there = CountingAdapter(), CountingAdapter()
+    images = _images(7)
+    FeatureStore(here, tmp_path / "a", batch_size=2, workers=0).ensure(images.items())
+    store = FeatureStore(there, tmp_path / "b", batch_size=2, workers=2)
+    seen = []
+    original = there.preprocess
+    there.preprocess = lambda imgs: (seen.append(os.getpid()), original(imgs))[1]  # runs in the workers
+    store.ensure(images.items())
+    keys = [(k, None) for k in images]
+    assert torch.equal(FeatureStore(here, tmp_path / "a").load(keys), store.load(keys))
+    assert there.forwards == here.forwards == 7  # the model ran here, once per image
+    assert seen == []  # the workers' appends went to their own copies: nothing was preprocessed in this process
+
+
+def test_a_worker_records_an_unreadable_image_and_the_others_are_extracted(tmp_path):
+    images = _Images({**_images(3), "bad": _unreadable})
+    store = FeatureStore(CountingAdapter(), tmp_path, batch_size=2, workers=2)
+    done = []
+    store.ensure(images.items(), on_batch=done.append)
+    assert store.failed == {"bad": "cannot read /data/broken.jpg"}
+    assert store.extracted == 3 and sum(done) == 4
