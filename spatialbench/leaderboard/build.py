@@ -72,11 +72,31 @@ def validate_all(paths: list[Path], validator: Validator) -> list[Report]:
     return reports
 
 
+def check_same_items(reports: list[Report]) -> None:
+    """A page compares rows item by item, so every file must have scored each task on the same items: the
+    same scenes (dataset seed), data and --limit, which the task's dataset fingerprint digests."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for r in reports:
+        for name, task in r.result.tasks.items():
+            if task.status == "ok":
+                seen.setdefault(name, {}).setdefault(task.dataset_fingerprint, []).append(f"{r.path} (data seed "
+                                                                                          f"{r.result.data_seed})")
+    problems = [SpatialbenchError(
+        f"task '{name}' was scored on different items in different files: "
+        + "; ".join(f"{', '.join(files)}: fingerprint {fp}" for fp, files in by_fp.items()),
+        field=f"tasks.{name}.dataset_fingerprint",
+        fix="build one page from runs with the same --data-seed (and data), or build them as separate pages")
+        for name, by_fp in seen.items() if len(by_fp) > 1]
+    if problems:
+        raise ValidationErrors("", problems)
+
+
 def build(paths: list[Path], out: Path, include_paths: list[Path] = (), data: DataContext | None = None,
           title: str = "spatialbench leaderboard") -> tuple[dict, list[Report]]:
     """Validate, tabulate and write the site. Refuses (raises) if any file is invalid."""
     validator = Validator(include_paths, data)
     reports = validate_all(paths, validator)
+    check_same_items(reports)
     sources = [Source(r.path, r.result) for r in reports]
     table = build_data(sources, validator.known_tasks(), title)
     write_site(table, out)

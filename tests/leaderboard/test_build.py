@@ -53,6 +53,20 @@ def test_build_refuses_an_invalid_file_naming_file_and_field(results, tmp_path):
     assert "refusing to build" in result.output and not out.exists()
 
 
+def test_build_refuses_files_that_scored_a_task_on_different_items(results, tmp_path):
+    """Rows are compared item by item: a run on other scenes (another --data-seed) cannot share a page."""
+    data = json.loads(results[0].read_text())
+    name = next(iter(data["tasks"]))
+    data["tasks"][name]["dataset_fingerprint"] = "0" * 16  # as a run on other scenes or data would record
+    other = write(tmp_path / "other" / "results.json", data)
+    out = tmp_path / "site"
+    result = build(results[1], results[2], other, "--out", out)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert f"tasks.{name}.dataset_fingerprint: task '{name}' was scored on different items" in text
+    assert "fingerprint 0000000000000000" in text and "same --data-seed" in text and not out.exists()
+
+
 def test_embedded_strings_cannot_end_the_script():
     nasty = {"name": "</script><script>alert(1)</script>", "sep": "a\u2028b\u2029c", "amp": "&lt;<!--"}
     js = data_script(nasty)
