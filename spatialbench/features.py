@@ -77,8 +77,8 @@ def _worker_on_cpu(_: int) -> None:
 
 
 def _batches_in_order(dataset: _Decoded, workers: int, pin: bool) -> Iterable:
-    if workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
-        return (dataset[i] for i in range(len(dataset)))  # no fork (Windows): decode here, as before
+    if min(workers, len(dataset)) == 0 or "fork" not in multiprocessing.get_all_start_methods():
+        return (dataset[i] for i in range(len(dataset)))  # nothing to decode, or no fork (Windows): here
     # fork: workers inherit the image loaders (closures) and the processor without pickling them
     return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(dataset)), pin_memory=pin,
                       worker_init_fn=_worker_on_cpu, multiprocessing_context="fork", prefetch_factor=2)

@@ -70,13 +70,18 @@ def roots(tmp_path_factory):
 @pytest.fixture
 def no_network(monkeypatch):
     attempts = []
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
 
-    def refuse(self, address):
-        attempts.append(address)
-        raise OSError(f"test forbids network access (tried {address})")
+    def refusing(local):
+        def call(self, address):
+            if self.family == socket.AF_UNIX:  # local IPC (DataLoader workers passing tensors), not the network
+                return local(self, address)
+            attempts.append(address)
+            raise OSError(f"test forbids network access (tried {address})")
+        return call
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refusing(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", refusing(connect_ex))
     return attempts
 
 
