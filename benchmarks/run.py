@@ -19,6 +19,9 @@ Figures (NAME for --only):
   pipeline      extraction images/s with an instant model (decode, preprocess, cache writes: the pipeline's
                 own ceiling), 2 decoding workers / none (>= 1.6 on 2 cores)
   memory        peak RSS of extracting 10N images / of N images (<= 1.10)
+  cache         bytes per image each shipped real card caches: its prompt vs the cheapest tensor on its path
+                (Adapter.cached_as), from the shapes the card declares and its dtype (after <= before)
+  training      peak RSS of training (frozen, joint and every baseline, warm cache) on 10N images / on N (<= 1.2)
   realsize      peak RSS loading real-size blip2-opt-2.7b for extraction / fp32 bytes of vision, Q-Former,
                 queries and projection (<= 1.3); runs only with --real-size (writes ~15.5 GB to disk and deletes it)
 """
@@ -48,7 +51,7 @@ import transformers
 from spatialbench.report import quiet_libraries
 from spatialbench.runner import resolve_card
 
-FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "memory", "realsize")
+FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "memory", "training", "cache", "realsize")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 QUICK_SIZES = {"train": 120, "validation": 30, "test": 60}
 JOINT_SIZES = {"train": 96, "validation": 16, "test": 16}
@@ -235,6 +238,42 @@ class Bench:
             large_peak_mb=round(peaks[large]["peak_kb"] / 1024, 1),
             small=peaks[small], large=peaks[large])
 
+    def cache(self) -> None:
+        from spatialbench.adapters.base import get_family
+        from spatialbench.plan import geometry
+        from spatialbench.registry import ModelRegistry
+
+        cards = {}
+        registry = ModelRegistry()
+        for name in registry.names():
+            card = registry.get(name)
+            if card.checkpoint.startswith("tiny:") or card.declares is None:
+                continue
+            family, geo = get_family(card.family), geometry(card, card.point)
+            stored = family.cached_as.get(card.point, (card.point, ""))[0]
+            stored = stored if stored in family.points else card.point
+            cards[name] = {"point": card.point, "stored": stored, "before": geo.row_bytes(card.point),
+                           "after": geo.row_bytes(stored), "vision_patches": geo.row_bytes("vision_patches")}
+        ok = all(c["after"] <= c["before"] for c in cards.values())
+        smallest = min(c["after"] / c["before"] for c in cards.values())
+        self.figures["cache_bytes_per_image"] = figure(round(smallest, 4), "after <= before", ok, cards=cards)
+
+    def training(self) -> None:
+        import memory
+
+        small = {"train": 24, "validation": 8, "test": 8} if self.args.quick else {"train": 60, "validation": 20, "test": 20}
+        sizes = {n: {k: v * n for k, v in small.items()} for n in (1, 10)}
+        peaks = {}
+        for n, split_sizes in sizes.items():
+            name = f"bench_training_{n}x"
+            synthtasks.variant(self.tasks_dir, "synth_grid", name, split_sizes, epochs=2, patience=2, lr=[1e-3])
+            peaks[n] = memory.training_peak(self.card, self.tasks_dir, name, self.cache, self.work / f"training-{n}",
+                                            self.args.device)
+        ratio = peaks[10]["peak_kb"] / peaks[1]["peak_kb"]
+        self.figures["training_peak_rss_growth"] = figure(
+            round(ratio, 4), "<= 1.2", ratio <= 1.2, small_peak_mb=round(peaks[1]["peak_kb"] / 1024, 1),
+            large_peak_mb=round(peaks[10]["peak_kb"] / 1024, 1), small=peaks[1], large=peaks[10])
+
     def realsize(self) -> None:
         import realsize
 
@@ -286,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["tasks"] = bench.selector if args.quick is False else f"{bench.selector} (sizes {QUICK_SIZES})"
         steps = {"extraction": bench.extraction_and_warm, "warm": bench.extraction_and_warm,
                  "throughput": bench.throughput, "pipeline": bench.pipeline, "joint": bench.joint, "grid": bench.grid, "memory": bench.memory,
-                 "realsize": bench.realsize}
+                 "training": bench.training, "cache": bench.cache, "realsize": bench.realsize}
         done = set()
         for name in only:
             step = steps[name]

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: the process's umask, which mkstemp's private 0600 ignores
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: the process's umask, which mkstemp's private 0600 ignores
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -19,7 +19,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # results and caches are shared on clusters: mode as open() would give
+        os.chmod(tmp, 0o666 & ~UMASK)  # results and caches are shared on clusters: mode as open() would give
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

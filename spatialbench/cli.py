@@ -149,6 +149,47 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def plan(
+    model: Annotated[str, typer.Option("--model", "-m", help="model card name (see `ls models`) or a card's YAML path")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="all, a group, or task names, comma-separated")] = "all",
+    seeds: Annotated[int, typer.Option(help="probe seeds per task", min=1)] = 3,
+    limit: Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)] = None,
+    batch_size: Annotated[int, typer.Option(help="images per extraction batch", min=1)] = 32,
+    include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
+    point: Annotated[Optional[Point], typer.Option(help="override the card's extraction point")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="annotations root [default: $SPATIALBENCH_DATA]")] = None,
+    coco_root: Annotated[Optional[Path], typer.Option(help="COCO images root [default: $COCO_ROOT]")] = None,
+    regime: Annotated[Regime, typer.Option(help="frozen, joint or both")] = Regime.frozen,
+    baselines: Annotated[str, typer.Option(help=f"comma-separated: {', '.join(BASELINES)}; 'all' or 'none'")] = "all",
+    control: Annotated[bool, typer.Option(help="control tasks for the explicit probes")] = True,
+    resampler_lr: Annotated[Optional[list[float]], typer.Option(help="joint regime: the resampler's lr grid", min=0)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """What `run` with these options would cost, per task and in total (images, prompts, cache bytes, probe
+    fits, peak RAM), from the card and the annotations alone: nothing is downloaded, extracted or trained."""
+    import json
+
+    from .plan import estimate, table
+    from .registry import TaskRegistry
+    from .report import quiet_libraries
+    from .runner import resolve_card
+
+    quiet_libraries()
+    try:
+        config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, batch_size=batch_size,
+                           include_paths=include_path or [], point=point.value if point else None, data_dir=data_dir,
+                           coco_root=coco_root, regime=regime.value, baselines=_baselines(baselines), control=control,
+                           resampler_lr=resampler_lr or None)
+        result = estimate(config, TaskRegistry(config.include_paths).resolve(config.tasks), resolve_card(model))
+    except SpatialbenchError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(table(result))
+
+
 DEMO_TASKS = "demo_region_grid,demo_relation"  # small copies of the two explicit tasks with the clearest floor
 DEMO_TASK_DIR = Path(__file__).parent / "demo_tasks"  # not among the built-in tasks: `--tasks all` never runs them
 DEMO_READING = (

@@ -13,17 +13,19 @@ from accelerate.utils import gather_object
 from rich.console import Console
 
 from . import __version__
-from .adapters.base import Adapter, get_family
+from .adapters.base import Adapter, check_declared, get_family
 from .adapters.loading import default_cache_dir
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
 from .features import FeatureStore, Request, default_workers, digest
+from .plan import estimate
 from .probing import conditions, scoring
 from .probing.cells import CellStore
 from .probing.inputs import build_inputs, feature_requests
 from .probing.joint import ResamplerSnapshot
 from .probing.task import TaskProbing
+from .probing.visual import Visual
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
 from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, git_hash
@@ -101,12 +103,17 @@ class Runner:
             adapter = get_family(self.card.family).load(
                 self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
                 trust_remote_code=config.trust_remote_code)
+        check_declared(adapter)
         workers = default_workers() if config.workers is None else config.workers
-        store = FeatureStore(adapter, self.cache_dir, config.batch_size, workers=workers)
         uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
         vision = (FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches", workers=workers)
                   if uses_vision else None)
+        # The cheapest tensor on the prompt's path (see Adapter.cached_as); LLaVA's is the vision features.
+        store = (vision if vision is not None and adapter.stored_point == vision.point else
+                 FeatureStore(adapter, self.cache_dir, config.batch_size, point=adapter.stored_point, workers=workers))
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
+        for note in store.notes + (vision.notes if vision else []):
+            self.reporter.info(note)
         self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
                               self.resampler_mode)
         result = RunResult(
@@ -129,6 +136,7 @@ class Runner:
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
         self._save(result)
+        self._plan_summary({name: data for name, (data, _) in loaded.items()})
         requests = {name: feature_requests(self._task(name), data, adapter) for name, (data, _) in loaded.items()}
         result.extraction = self._extract(store, vision, [r for reqs in requests.values() for r in reqs])
         failed = {**store.failed, **(vision.failed if vision else {})}
@@ -152,6 +160,14 @@ class Runner:
             self._save(result)  # after every task: a crash loses at most the task in flight
         return result
 
+    def _plan_summary(self, loaded: dict[str, TaskData]) -> None:
+        """The one line `spatialbench plan` would print, before any extraction."""
+        tasks = [t for t in self.tasks if t.name in loaded]
+        try:
+            self.reporter.info(estimate(self.config, tasks, self.card, loaded).summary())
+        except SpatialbenchError as e:
+            self.reporter.info(f"plan: not available ({str(e).splitlines()[0]})")
+
     def _failed(self, task: TaskSpec, error: Exception) -> TaskResult:
         text = str(error) if isinstance(error, SpatialbenchError) else f"{type(error).__name__}: {error}"
         if not isinstance(error, SpatialbenchError):
@@ -174,9 +190,10 @@ class Runner:
             with self.reporter.extraction(share(len(images)), "extracting vision features") as advance:
                 vision.ensure(images.values(), on_batch=advance, shard=(rank, world))
             self._share_failures(vision)
-        with self.reporter.extraction(share(len(unique))) as advance:
-            store.ensure(unique.values(), on_batch=advance, vision=vision, shard=(rank, world))
-        self._share_failures(store)
+        if store is not vision:
+            with self.reporter.extraction(share(len(unique))) as advance:
+                store.ensure(unique.values(), on_batch=advance, vision=vision, shard=(rank, world))
+            self._share_failures(store)
         counts = [[store.extracted, store.reused, store.recomputed + (vision.recomputed if vision else 0),
                    vision.extracted if vision else 0]]
         if world > 1:
@@ -198,9 +215,9 @@ class Runner:
                adapter: Adapter, load_seconds: float) -> TaskResult:
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
-        vision_rows = vision.load([(key, None) for key, _ in inputs.row_keys]).float() if vision else None
+        vision_rows = Visual(vision.rows([(key, None) for key, _ in inputs.row_keys])) if vision else None
         plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects,
-                               self.resampler_mode)
+                               self.resampler_mode, scratch=self.cache_dir / "scratch")
         probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:

@@ -155,6 +155,13 @@ class CocoDataset(Strict):
 DatasetSpec = Annotated[Union[SyntheticDataset, VsrDataset, ReferDataset, CocoDataset], Field(discriminator="source")]
 
 
+class SplitSize(Strict):
+    """A split's size as its dataset documents it: `spatialbench plan` uses it where the annotations are not on disk."""
+
+    items: int | None = Field(None, ge=0, description="examples (None: not documented)")
+    images: int = Field(ge=0, description="distinct images (an upper bound where the task filters them)")
+
+
 class TaskSpec(Strict):
     """One probe task, as declared in tasks/*.yaml."""
 
@@ -171,6 +178,8 @@ class TaskSpec(Strict):
     target: Literal["class", "grid", "box"] | None = None
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     metrics: list[str] = Field(default_factory=list)
+    documented_size: dict[SplitName, SplitSize] | None = Field(
+        None, description="per split, as the dataset's paper or release gives it (for `spatialbench plan`)")
 
     @model_validator(mode="after")
     def _resolve_target_and_metrics(self) -> TaskSpec:
@@ -197,6 +206,16 @@ class TaskSpec(Strict):
         return self.kind in ("vsr", "grounding")
 
 
+class Declared(Strict):
+    """What a card states about its checkpoint so `spatialbench plan` can size a run before any download;
+    the adapter checks the shapes against the checkpoint's config when it loads."""
+
+    shapes: dict[Literal["resampler", "projected", "vision_patches"], tuple[int, int]] = Field(
+        description="(tokens, width) of the tensor at each extraction point")
+    extraction_parameters: int | None = Field(None, ge=0, description="parameters extraction loads (vision "
+                                              "encoder, resampler, projection, token embeddings)")
+
+
 class ModelCard(Strict):
     """One checkpoint, as declared in models/*.yaml."""
 
@@ -216,6 +235,7 @@ class ModelCard(Strict):
     resampler_mode: Literal["train", "eval"] = Field(
         "train", description="joint regime: the resampler's dropout on (train, as in fine-tuning) or off (eval)")
     options: dict[str, Any] = Field(default_factory=dict)
+    declares: Declared | None = None
 
 
 class RunConfig(Strict):

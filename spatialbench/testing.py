@@ -79,6 +79,23 @@ def _batch_invariance(adapter: Adapter, px: torch.Tensor) -> Check:
                  f"max |diff| {diff:.2e} (tolerance {ATOL:.0e})")
 
 
+def _cached_tensor(adapter: Adapter, px: torch.Tensor) -> Check:
+    """The feature cache keeps the tensor at stored_point and maps it per batch (Adapter.cached_as): that must
+    give the prompt itself."""
+    name = "cached tensor maps to the prompt"
+    if adapter.stored_point == adapter.point:
+        return Check(name, "n/a", "the prompt itself is cached")
+    texts = _texts(adapter, len(px))
+    try:
+        with adapter.at_point(adapter.stored_point):
+            stored = adapter.visual_prompt(px, texts)
+        diff = (adapter.finish(stored).float() - adapter.visual_prompt(px, texts).float()).abs().max().item()
+    except Exception as e:  # noqa: BLE001 - a map that cannot even run is a failed check, not a crash
+        return Check(name, "fail", f"{adapter.stored_point} -> {adapter.point}: {type(e).__name__}: {e}")
+    return Check(name, "pass" if diff <= ATOL else "fail",
+                 f"{adapter.stored_point} -> {adapter.point}: max |diff| {diff:.2e} (tolerance {ATOL:.0e})")
+
+
 def _determinism(adapter: Adapter, px: torch.Tensor) -> Check:
     texts = _texts(adapter, len(px))
     same = torch.equal(adapter.visual_prompt(px, texts), adapter.visual_prompt(px, texts))
@@ -157,6 +174,7 @@ def _text_conditioning(adapter: Adapter, px: torch.Tensor) -> Check:
 
 PER_POINT: list[Callable[[Adapter, torch.Tensor], Check]] = [
     _shape_and_dtype, _batch_invariance, _determinism, _images_differ, _resampler_parameters, _text_conditioning,
+    _cached_tensor,
 ]
 
 

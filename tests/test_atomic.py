@@ -10,7 +10,7 @@ from spatialbench.atomic import atomic_write
 
 
 def test_the_file_gets_the_mode_of_a_plain_write_not_mkstemps_private_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "_UMASK", 0o022)
+    monkeypatch.setattr(atomic, "UMASK", 0o022)
     atomic_write(tmp_path / "results.json", lambda p: p.write_text("{}"))
     assert stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode) == 0o644
     assert (tmp_path / "results.json").read_text() == "{}"

@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spatialbench.adapters.base import Adapter
@@ -77,34 +76,90 @@ def test_a_different_model_never_hits_another_models_entries(tmp_path):
     assert other.extracted == 3 and other.reused == 0
 
 
-def test_a_corrupt_entry_is_detected_and_extracted_again(tmp_path):
+def _shards(root):
+    return sorted(root.rglob("shards/*.safetensors"))
+
+
+def test_a_truncated_shard_is_detected_and_its_entries_extracted_again(tmp_path):
     store = FeatureStore(CountingAdapter(), tmp_path)
     store.ensure(_images(3).items())
-    path = store.path(store.key("k1"))
-    path.write_bytes(path.read_bytes()[:20])  # truncated, as by a crash mid-write elsewhere
+    (path,) = _shards(tmp_path)
+    path.write_bytes(path.read_bytes()[:-20])  # cut short, as a failing disk would leave it
     again = FeatureStore(CountingAdapter(), tmp_path)
     again.ensure(_images(3).items())
-    assert again.recomputed == 1 and again.extracted == 1 and again.reused == 2
+    assert again.recomputed == 3 and again.extracted == 3 and again.reused == 0
     assert torch.equal(again.load([("k1", None)])[0, 0], torch.tensor([1.0, 2.0, 3.0]))
+    assert not path.exists()
 
 
-def test_a_flipped_byte_inside_the_tensor_is_detected_and_extracted_again(tmp_path):
+def test_a_flipped_byte_inside_a_row_is_detected_and_only_that_entry_extracted_again(tmp_path):
     store = FeatureStore(CountingAdapter(), tmp_path)
     store.ensure(_images(3).items())
-    path = store.path(store.key("k2"))
+    (path,) = _shards(tmp_path)
     data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF  # the file still parses; only the checksum can tell
+    data[-3] ^= 0xFF  # inside the last row (k2): the file still parses; only the row's checksum can tell
     path.write_bytes(bytes(data))
     again = FeatureStore(CountingAdapter(), tmp_path)
     again.ensure(_images(3).items())
     assert again.recomputed == 1 and again.extracted == 1 and again.reused == 2
+    assert torch.equal(again.load([("k2", None)])[0, 0], torch.tensor([2.0, 4.0, 6.0]))
+    third = FeatureStore(CountingAdapter(), tmp_path)  # the new copy is found past the corrupt one
+    third.ensure(_images(3).items())
+    assert third.recomputed == 0 and third.extracted == 0 and third.reused == 3
 
 
-def test_no_temporary_files_are_left_behind(tmp_path):
-    FeatureStore(CountingAdapter(), tmp_path).ensure(_images(5).items())
+def test_entries_are_written_a_shard_at_a_time_with_one_fsync_each(tmp_path, monkeypatch):
+    import os
+
+    row = 2 * 3 * 4  # bytes of one CountingAdapter prompt
+    store = FeatureStore(CountingAdapter(), tmp_path, batch_size=2, shard_bytes=4 * row)
+    syncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real(fd))[1])
+    store.ensure(_images(9).items())
+    assert len(_shards(tmp_path)) == len(syncs) == 3  # 4 + 4 + 1 entries (a shard closes on a whole batch)
     assert not list(tmp_path.rglob("*.tmp"))
-    assert len(list(tmp_path.rglob("*.safetensors"))) == 5
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pt"))
+    keys = [(f"k{i}", None) for i in range(9)]
+    assert FeatureStore(CountingAdapter(), tmp_path).load(keys)[:, 0, 0].tolist() == [float(i) for i in range(9)]
+
+
+def test_entries_keep_the_extraction_dtype(tmp_path):
+    adapter = CountingAdapter()
+    adapter.dtype = torch.bfloat16
+    store = FeatureStore(adapter, tmp_path)
+    store.ensure(_images(2).items())
+    again = FeatureStore(adapter, tmp_path)
+    again.ensure(_images(2).items())
+    rows = again.rows([("k1", None)])
+    assert again.reused == 2 and rows.dtype == torch.bfloat16 and rows[[0]].dtype == torch.bfloat16
+    from spatialbench.features.shards import Shard
+
+    shard = Shard.open(_shards(tmp_path)[0])
+    assert shard.dtype == torch.bfloat16 and shard.row_bytes == 2 * 3 * 2  # 2 bytes a value on disk
+
+
+def _legacy(store, content_key, tensor, checksum=True):
+    """An entry as the one-file-per-entry layout wrote it: root/xx/key.safetensors, tensor `prompt`."""
+    from spatialbench.features.shards import checksum as sha
+
+    key = store.key(content_key)
+    path = store.root / key[:2] / f"{key}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"prompt": tensor}, str(path), metadata={"sha256": sha(tensor)} if checksum else None)
+    return path
+
+
+def test_an_old_per_entry_cache_is_moved_into_shards_and_a_broken_entry_extracted_again(tmp_path):
+    store = FeatureStore(CountingAdapter(), tmp_path)
+    old = [_legacy(store, "k0", torch.full((2, 3), 7.0)), _legacy(store, "k1", torch.ones(2, 3), checksum=False)]
+    again = FeatureStore(CountingAdapter(), tmp_path)
+    assert len(again.notes) == 1 and "1 entries of the old one-file-per-entry layout moved into shards" in again.notes[0]
+    assert "1 not whole, extracted again" in again.notes[0]
+    assert not any(p.exists() for p in old) and not any(p.parent.exists() for p in old)
+    again.ensure(_images(2).items())
+    assert again.reused == 1 and again.extracted == 1  # k0 came over as it was; k1 had no checksum
+    assert torch.equal(again.load([("k0", None)])[0], torch.full((2, 3), 7.0))
 
 
 class TextReadingAdapter(CountingAdapter):
@@ -123,19 +178,6 @@ def test_text_conditioned_prompts_are_keyed_by_text_and_never_batched_with_plain
     assert store.extracted == 3
     prompts = store.load([("k0", None), ("k0", "ab"), ("k0", "abcd")])
     assert prompts[:, 0, 0].tolist() == [0.0, 2.0, 4.0]
-
-
-def test_an_entry_without_a_checksum_is_extracted_again(tmp_path):
-    """Caches written before checksums existed hold whole files with no sha256: they are not trusted."""
-    store = FeatureStore(CountingAdapter(), tmp_path)
-    store.ensure(_images(2).items())
-    path = store.path(store.key("k0"))
-    with safe_open(str(path), framework="pt") as f:
-        tensor = f.get_tensor("prompt")
-    save_file({"prompt": tensor}, str(path))
-    again = FeatureStore(CountingAdapter(), tmp_path)
-    again.ensure(_images(2).items())
-    assert again.recomputed == 1 and again.extracted == 1 and again.reused == 1
 
 
 def _unreadable():

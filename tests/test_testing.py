@@ -29,6 +29,14 @@ def test_the_check_catches_a_prompt_that_is_not_what_the_llm_reads(monkeypatch):
     assert checks["prompt equals the model's own LLM input"] == "fail"
 
 
+def test_the_check_catches_a_cached_tensor_that_does_not_map_to_the_prompt(monkeypatch):
+    original = Blip2Adapter.finish
+    monkeypatch.setattr(Blip2Adapter, "finish", lambda self, stored: original(self, stored) * 1.001)
+    checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))
+    assert checks["[projected] cached tensor maps to the prompt"] == "fail"
+    assert checks["[resampler] cached tensor maps to the prompt"] == "n/a"
+
+
 def test_the_check_catches_wrong_resampler_parameters(monkeypatch):
     monkeypatch.setattr(Blip2Adapter, "resampler_parameters", lambda self: list(self.parts.vision_model.parameters()))
     checks = _statuses(run_checks(ModelRegistry().get("blip2-tiny")))

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from importlib import import_module
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
+from operator import attrgetter
 from typing import Callable, ClassVar
 
 import torch
@@ -34,6 +35,10 @@ class Adapter(ABC):
     family: ClassVar[str] = ""
     reads_text: ClassVar[bool] = False  # True where the resampler reads the query text (InstructBLIP)
     points: ClassVar[tuple[str, ...]] = POINTS
+    # Where the prompt at a point is a cheap fixed map of a smaller tensor on the path, the feature cache keeps
+    # that tensor and the map runs per batch: point -> (the point cached, the adapter attribute that maps it).
+    cached_as: ClassVar[dict[str, tuple[str, str]]] = {}
+    hf_class: ClassVar[str] = ""  # the transformers model class whose code the family runs (see runtime_class)
 
     def __init__(self, card: ModelCard, point: str | None = None):
         self.card = card
@@ -44,6 +49,12 @@ class Adapter(ABC):
         self.loaded_keys: set[str] = set()  # checkpoint tensors actually read
         self.dtype = torch.float32
         self.device = torch.device("cpu")
+
+    @classmethod
+    def runtime_class(cls, card: ModelCard) -> str:
+        """The transformers class whose modules a run of this card imports (`spatialbench plan` imports it too,
+        so the memory it measures in its own process includes that code)."""
+        return cls.hf_class
 
     @classmethod
     @abstractmethod
@@ -98,6 +109,20 @@ class Adapter(ABC):
     @property
     def prompt_dtype(self) -> torch.dtype:
         return self.dtype
+
+    @property
+    def stored_point(self) -> str:
+        """The extraction point whose tensor the feature cache keeps for this adapter's point (see cached_as;
+        `check-adapter` verifies the map). A subclass that drops the stored point caches the prompt itself."""
+        stored = self.cached_as.get(self.point, (self.point, ""))[0]
+        return stored if stored in self.points else self.point
+
+    @torch.no_grad()
+    def finish(self, stored: torch.Tensor) -> torch.Tensor:
+        """The prompt at this adapter's point from the cached tensor at stored_point, on the adapter's device."""
+        if self.stored_point == self.point:
+            return stored.to(self.device)
+        return attrgetter(self.cached_as[self.point][1])(self)(stored.to(self.device, self.dtype))
 
     def modules(self) -> list[torch.nn.Module]:
         """Every torch module the adapter holds (for parameter bookkeeping and the conformance check)."""
@@ -156,6 +181,17 @@ class CheckpointAdapter(Adapter):
     @property
     def text_dim(self) -> int:
         return self.embeddings.embedding_dim
+
+
+def check_declared(adapter: Adapter) -> None:
+    """Refuse a card whose declared shapes (what `spatialbench plan` sized the run with) are not the checkpoint's."""
+    declared = adapter.card.declares
+    for point, shape in (declared.shapes.items() if declared else []):
+        if point in adapter.points and tuple(adapter.shape_at(point)) != tuple(shape):
+            raise SpatialbenchError(
+                f"card '{adapter.card.name}' declares {list(shape)} at {point}; the checkpoint gives "
+                f"{list(adapter.shape_at(point))}", field=f"declares.shapes.{point}",
+                fix=f"set it to {list(adapter.shape_at(point))} in the card")
 
 
 _FAMILIES: dict[str, type[Adapter]] = {}

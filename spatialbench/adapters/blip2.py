@@ -51,7 +51,9 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("blip2")
 class Blip2Adapter(CheckpointAdapter):
+    hf_class = "Blip2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
+    cached_as = {"projected": ("resampler", "parts.language_projection")}  # the projection runs per batch
 
     @classmethod
     def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,

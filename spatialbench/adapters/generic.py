@@ -79,6 +79,10 @@ class _Given(nn.Module):
 
 @register_family("generic")
 class GenericAdapter(Adapter):
+    @classmethod
+    def runtime_class(cls, card: ModelCard) -> str:
+        return str(card.options.get("model_class", "AutoModelForImageTextToText"))
+
     def __init__(self, card: ModelCard, options: GenericOptions, model, tokenizer, processor, checkpoint,
                  point: str | None, device: str):
         super().__init__(card, point)

@@ -79,6 +79,7 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("idefics")
 class IdeficsAdapter(CheckpointAdapter):
+    hf_class = "IdeficsForVisionText2Text"
     config_shape = staticmethod(shape_at)
 
     @classmethod

@@ -92,6 +92,7 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("idefics2")
 class Idefics2Adapter(CheckpointAdapter):
+    hf_class = "Idefics2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
 
     @classmethod

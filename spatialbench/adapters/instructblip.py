@@ -83,7 +83,9 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("instructblip")
 class InstructBlipAdapter(CheckpointAdapter):
+    hf_class = "InstructBlipForConditionalGeneration"
     config_shape = staticmethod(shape_at)
+    cached_as = {"projected": ("resampler", "parts.language_projection")}  # the projection runs per batch
 
     reads_text = True
 

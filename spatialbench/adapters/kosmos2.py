@@ -72,6 +72,7 @@ def shape_at(config, point: str) -> tuple[int, int]:
 class Kosmos2Adapter(CheckpointAdapter):
     """Kosmos-2 (see the module docstring: "resampler" and "projected" are one tensor here)."""
 
+    hf_class = "Kosmos2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
 
     @classmethod

@@ -91,7 +91,9 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("llava")
 class LlavaAdapter(CheckpointAdapter):
+    hf_class = "LlavaForConditionalGeneration"
     config_shape = staticmethod(shape_at)
+    cached_as = {"projected": ("vision_patches", "parts.multi_modal_projector")}  # the projection runs per batch
 
     points = POINTS
 

@@ -7,22 +7,25 @@ headroom."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..adapters.base import Adapter
+from ..features import FeatureStore
 from ..results import ConditionResult, GridPoint, MetricSummary, Paired, Recovered, SeedRun
 from ..specs import RunConfig, TaskSpec
 from ..stats import control, metrics
 from ..stats.paired import paired_from_scores, recovered_from_scores
 from . import scoring
-from .fit import FitResult, ProbeInputs, fit, standardise
+from .fit import FitResult, ProbeInputs, fit
 from .heads import ProbeShape, check_budget, count_parameters
 from .inputs import probe_shape
 from .joint import JointEncoder, ResamplerSnapshot, resample_all
 from .oracle import oracle_features, oracle_shape
+from .visual import Constant, Visual, standardised
 
 # The contrasts each task reports, where the run has both sides: (a, b) tests a - b.
 COMPARISONS = (("joint", "frozen"), ("joint", "joint_random"), ("frozen", "blind"), ("vision_patches", "frozen"),
@@ -64,12 +67,13 @@ class _Sources:
     """What the baselines are built from, for one task."""
 
     inputs: ProbeInputs
-    vision: torch.Tensor | None
+    vision: Visual | None  # the vision features of every feature row, read on demand
     adapter: Adapter
     snapshot: ResamplerSnapshot | None
     objects: dict | None
     config: RunConfig
     resampler_mode: str = "train"
+    scratch: Path | None = None  # where prompts drawn per seed are held on disk
 
     @property
     def texts(self) -> list[str] | None:
@@ -77,26 +81,28 @@ class _Sources:
         keys = self.inputs.row_keys
         return [t for _, t in keys] if keys and keys[0][1] is not None else None
 
-    def standardised(self, features: torch.Tensor) -> ProbeInputs:
-        return self.inputs.with_features(standardise(features, self.inputs.splits["train"].image))
+    def standardised(self, rows) -> ProbeInputs:
+        return self.inputs.with_features(standardised(rows, self.inputs.splits["train"].image))
 
 
 def _blind(src: _Sources) -> Condition:
     """The language prior: the same constant prompt for every item."""
-    return Condition("blind", "baseline", src.inputs.with_features(torch.zeros_like(src.inputs.features)))
+    return Condition("blind", "baseline", src.inputs.with_features(Constant(src.inputs.features.shape)))
 
 
 def _vision_patches(src: _Sources) -> Condition:
     """The vision encoder's patch tokens before the resampler: what there was to keep."""
-    return Condition("vision_patches", "baseline", src.standardised(src.vision))
+    return Condition("vision_patches", "baseline", src.standardised(src.vision.rows))
 
 
 def _random_prompts(src: _Sources, seed: int) -> ProbeInputs:
     """The resampler re-drawn from the model's own initialisation (once per seed) and frozen: what the
     architecture gives untrained. Seed s draws the same weights joint_random's seed s starts from."""
     src.snapshot.randomise(seed)
-    prompts = resample_all(src.adapter, src.vision, src.texts)
-    src.snapshot.restore()
+    try:
+        prompts = FeatureStore.scratch(src.scratch, resample_all(src.adapter, src.vision, src.texts))
+    finally:
+        src.snapshot.restore()
     return src.standardised(prompts)
 
 
@@ -113,13 +119,11 @@ def _joint(src: _Sources, name: str = "joint", role: str = "regime", start: str 
     """The resampler trained with the probe, on the cached vision features; the probe reads prompts."""
     inputs, vision = src.inputs, src.vision
     train_rows = inputs.splits["train"].image.unique()
-    texts = src.texts
-    train_texts = [texts[i] for i in train_rows.tolist()] if texts else None
     joint_inputs = inputs.with_features(vision)
     joint_inputs.shape = inputs.shape  # the probe reads prompts, not vision features
     config = src.config
     return Condition(name, role, joint_inputs, start=start, encoder=lambda: JointEncoder(
-        src.adapter, vision[train_rows], train_texts, checkpointing=config.gradient_checkpointing,
+        src.adapter, vision, train_rows, src.texts, checkpointing=config.gradient_checkpointing,
         train_mode=src.resampler_mode == "train"))
 
 
@@ -149,12 +153,12 @@ def available(baseline: str, objects: dict | None, regimes: list[str]) -> bool:
     return unavailable(baseline, objects, regimes) is None
 
 
-def plan(config: RunConfig, inputs: ProbeInputs, vision: torch.Tensor | None, adapter: Adapter,
+def plan(config: RunConfig, inputs: ProbeInputs, vision: Visual | None, adapter: Adapter,
          snapshot: ResamplerSnapshot | None, objects: dict | None = None,
-         resampler_mode: str = "train") -> list[Condition]:
-    """The conditions this run asks for, over the task's feature rows."""
+         resampler_mode: str = "train", scratch: Path | None = None) -> list[Condition]:
+    """The conditions this run asks for, over the task's feature rows (`vision`: their vision features)."""
     regimes = config.regimes
-    src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode)
+    src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode, scratch)
     out = [Condition("frozen", "regime", inputs)] if "frozen" in regimes else []
     out += [_joint(src)] if "joint" in regimes else []
     return out + [BASELINES[name](src) for name in config.baselines if available(name, objects, regimes)]

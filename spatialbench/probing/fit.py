@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 from ..specs import ProbeSpec
 from ..stats import metrics
 from .heads import ProbeShape, box_loss, build_probe, to_box
+from .visual import Visual
 
 
 @dataclass
@@ -50,19 +51,50 @@ class Split:
         return torch.argsort(image_rank.double() + jitter.double()).split(batch_size)
 
 
+class Texts:
+    """The query texts' frozen LLM embeddings, looked up a batch at a time: rows of the distinct texts ->
+    ([B, L, Dt] float32, mask [B, L]). Embedded per batch (a task's whole table, 100k expressions x L
+    tokens x the LLM's width, would not fit in RAM), or held as a table where it is small (tests)."""
+
+    def __init__(self, lookup: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+        self.lookup = lookup
+
+    def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lookup(rows)
+
+    @classmethod
+    def table(cls, embeddings: torch.Tensor, mask: torch.Tensor) -> Texts:
+        return cls(lambda rows: (embeddings[rows], mask[rows]))
+
+    @classmethod
+    def embedded(cls, embed: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], texts: list[str]) -> Texts:
+        def lookup(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                emb, mask = embed([texts[i] for i in rows.tolist()])
+            return emb.float(), mask
+        return cls(lookup)
+
+
 @dataclass
 class ProbeInputs:
-    features: torch.Tensor  # [n_rows, Q, D], standardised with train statistics
+    features: Visual  # [n_rows, Q, D] read a batch at a time, standardised with train statistics (a tensor is wrapped)
     splits: dict[str, Split]
     shape: ProbeShape
     box: bool
-    text: torch.Tensor | None = None  # [n_texts, L, Dt]
-    text_mask: torch.Tensor | None = None
+    text: Texts | torch.Tensor | None = None  # the distinct query texts (a tensor [n_texts, L, Dt] is wrapped)
+    text_mask: torch.Tensor | None = None  # with a text tensor: its mask
     row_keys: list = field(default_factory=list)  # (image content key, text) of each feature row
     row_images: list[str] = field(default_factory=list)  # the task's image id of each feature row
 
-    def with_features(self, features: torch.Tensor) -> ProbeInputs:
+    def __post_init__(self):
+        if isinstance(self.features, torch.Tensor):
+            self.features = Visual(self.features)
+        if isinstance(self.text, torch.Tensor):
+            self.text, self.text_mask = Texts.table(self.text, self.text_mask), None
+
+    def with_features(self, features: Visual | torch.Tensor) -> ProbeInputs:
         """The same items over other visual features (a baseline, or vision features for the joint regime)."""
+        features = Visual(features) if isinstance(features, torch.Tensor) else features
         return replace(self, features=features, shape=self.shape.with_prompt(*features.shape[1:]))
 
     def with_splits(self, splits: dict[str, Split]) -> ProbeInputs:
@@ -99,14 +131,6 @@ class FitResult:
     resampler_lr: float | None = None
 
 
-def standardise(features: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
-    """Per-dimension z-scores with train statistics: prompts vary in scale by orders of magnitude."""
-    train = features[train_rows.unique()].float()
-    mean = train.mean(dim=(0, 1), keepdim=True)
-    std = train.std(dim=(0, 1), keepdim=True).clamp(min=1e-6)
-    return ((features.float() - mean) / std).contiguous()
-
-
 def score(name: str, pred: np.ndarray, split: Split, box: bool) -> float:
     target = split.target.numpy()
     if box:
@@ -120,12 +144,12 @@ class _Batcher:
 
     def __call__(self, split: Split, rows: torch.Tensor):
         rows = rows.cpu()
-        visual = self.inputs.features[split.image[rows]].to(self.device)
+        visual = self.inputs.features.batch(split.image[rows], self.device)
         query = split.query[rows]
         mask = None
         if self.inputs.text is not None:
-            mask = self.inputs.text_mask[query].to(self.device)
-            query = self.inputs.text[query]
+            query, mask = self.inputs.text(query)
+            mask = mask.to(self.device)
         if self.encoder is not None:  # the probe's forward is autocast by accelerate; the encoder's is not
             with self.accelerator.autocast():
                 visual = self.encoder(visual, [split.texts[i] for i in rows.tolist()] if split.texts else None)
@@ -165,14 +189,16 @@ def decay_groups(modules: torch.nn.Module | list[torch.nn.Module], lr: float, we
             {"params": [p for p in unique if id(p) not in decayed], "lr": lr, "weight_decay": 0.0}]
 
 
-def _predict(model, inputs: ProbeInputs, split: Split, batch: _Batcher, loss_fn) -> tuple[np.ndarray, float]:
-    """Predictions for a split, and the mean loss over it."""
+def _predict(model, inputs: ProbeInputs, split: Split, batch: _Batcher, loss_fn,
+             batch_size: int) -> tuple[np.ndarray, float]:
+    """Predictions for a split, and the mean loss over it, `batch_size` items at a time (as in training:
+    what the probe needs, whatever the split's size)."""
     model.eval()
     if batch.encoder is not None:
         batch.encoder.eval()
     outs, total = [], 0.0
     with torch.no_grad():
-        for rows in torch.arange(len(split)).split(256):
+        for rows in torch.arange(len(split)).split(batch_size):
             visual, query, mask, target = batch(split, rows)
             with batch.accelerator.autocast():
                 raw = model(visual, query, mask).float()
@@ -242,7 +268,7 @@ def fit(
             if on_step:
                 on_step([g["lr"] for g in optimiser.param_groups])
             schedule.step()
-        pred, val_loss = _predict(model, inputs, inputs.splits["validation"], batch, loss_fn)
+        pred, val_loss = _predict(model, inputs, inputs.splits["validation"], batch, loss_fn, spec.batch_size)
         val = score(headline, pred, inputs.splits["validation"], inputs.box)
         history.append(val)
         if on_epoch:
@@ -256,6 +282,6 @@ def fit(
     model.load_state_dict(best_state)
     if encoder is not None:
         encoder.load_state_dict(best_encoder)
-    test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], batch, loss_fn)
+    test_pred, test_loss = _predict(model, inputs, inputs.splits["test"], batch, loss_fn, spec.batch_size)
     return FitResult(seed, test_pred, best_epoch, len(history), float(best[0]), time.perf_counter() - start, history,
                      test_loss, val_loss=float(-best[1]), lr=lr, resampler_lr=encoder_lr if encoder is not None else None)

@@ -9,24 +9,12 @@ from ..adapters.base import Adapter
 from ..data.examples import Example, TaskData
 from ..features import FeatureStore, Request
 from ..specs import TaskSpec
-from .fit import ProbeInputs, Split, standardise
+from .fit import ProbeInputs, Split, Texts
+from .visual import standardised
 from .heads import ProbeShape
-
-TEXT_BATCH = 256
-
 
 def n_outputs(task: TaskSpec, data: TaskData) -> int:
     return 4 if task.target == "box" else len(data.classes or [])
-
-
-@torch.no_grad()
-def embed_texts(adapter: Adapter, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen LLM embeddings of every distinct query text, padded to one length: [T, L, Dt], [T, L]."""
-    chunks = [adapter.embed_text(texts[i:i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]
-    length = max(e.shape[1] for e, _ in chunks)
-    emb = torch.cat([torch.nn.functional.pad(e.float().cpu(), (0, 0, 0, length - e.shape[1])) for e, _ in chunks])
-    mask = torch.cat([torch.nn.functional.pad(m.cpu(), (0, length - m.shape[1])) for _, m in chunks])
-    return emb, mask
 
 
 def probe_shape(task: TaskSpec, data: TaskData, adapter: Adapter) -> ProbeShape:
@@ -66,7 +54,7 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
     for items in data.splits.values():
         for ex in items:
             rows.setdefault(_feature_key(task, adapter, ex), len(rows))
-    features = store.load([(data.images.content_key(image_id), text) for image_id, text in rows])
+    features = store.rows([(data.images.content_key(image_id), text) for image_id, text in rows])
     images = {image_id: i for i, image_id in enumerate(dict.fromkeys(image_id for image_id, _ in rows))}
     texts: dict[str, int] = {}
     if task.implicit:
@@ -90,9 +78,11 @@ def build_inputs(task: TaskSpec, data: TaskData, store: FeatureStore, adapter: A
         )
 
     splits = {name: split(items) for name, items in data.splits.items()}
-    text, mask = embed_texts(adapter, list(texts)) if task.implicit else (None, None)
-    shape = probe_shape(task, data, adapter).with_prompt(*features.shape[1:])
-    inputs = ProbeInputs(standardise(features, splits["train"].image), splits, shape, task.target == "box", text, mask)
+    text = Texts.embedded(adapter.embed_text, list(texts)) if task.implicit else None
+    shape = probe_shape(task, data, adapter)  # the store may hold a smaller tensor on the path, mapped per batch
+    finish = adapter.finish if store.point != adapter.point else None
+    visual = standardised(features, splits["train"].image, finish, (len(features), shape.n_tokens, shape.dim))
+    inputs = ProbeInputs(visual, splits, shape, task.target == "box", text)
     inputs.row_keys = [(data.images.content_key(image_id), text) for image_id, text in rows]
     inputs.row_images = [image_id for image_id, _ in rows]
     return inputs

@@ -8,14 +8,14 @@ every fit, so no seed or task inherits another's training.
 from __future__ import annotations
 
 import hashlib
+from typing import Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..adapters.base import Adapter
 from .fit import Encoder, decay_groups
-
-CHUNK = 64
+from .visual import Visual, chunk_rows, moments
 
 
 class ResamplerSnapshot:
@@ -45,13 +45,16 @@ class ResamplerSnapshot:
 
 
 @torch.no_grad()
-def resample_all(adapter: Adapter, vision: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
-    """Prompts for cached vision features [N, P, Dv], in chunks, on the adapter's device."""
-    out = []
-    for i in range(0, len(vision), CHUNK):
-        chunk = vision[i:i + CHUNK].to(adapter.device, adapter.dtype)
-        out.append(adapter.resample(chunk, texts[i:i + CHUNK] if texts else None).float().cpu())
-    return torch.cat(out)
+def resample_all(adapter: Adapter, vision: Visual, texts: list[str] | None = None,
+                 rows: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Prompts for cached vision features (`rows` of them, default all), chunk by chunk, as float32 on the CPU.
+    `texts`: each vision row's text, where the resampler reads one."""
+    rows = torch.arange(len(vision)) if rows is None else rows
+    step = chunk_rows(vision.shape)
+    for i in range(0, len(rows), step):
+        index = rows[i:i + step]
+        chunk = vision.batch(index, adapter.device).to(adapter.dtype)
+        yield adapter.resample(chunk, [texts[j] for j in index.tolist()] if texts else None).float().cpu()
 
 
 def resampler_modules(adapter: Adapter) -> list[torch.nn.Module]:
@@ -86,15 +89,15 @@ class JointEncoder(Encoder):
     modules are in train mode (dropout on, as fine-tuning has them) unless `train_mode` is False.
     """
 
-    def __init__(self, adapter: Adapter, train_vision: torch.Tensor, train_texts: list[str] | None,
+    def __init__(self, adapter: Adapter, vision: Visual, train_rows: torch.Tensor, texts: list[str] | None,
                  checkpointing: bool = False, train_mode: bool = True):
         super().__init__()
         self.adapter, self.checkpointing, self.train_mode = adapter, checkpointing, train_mode
         self.params = [p for p in adapter.resampler_parameters()]
         self.modules_run = resampler_modules(adapter)
-        initial = resample_all(adapter, train_vision, train_texts)
-        self.register_buffer("mean", initial.mean(dim=(0, 1), keepdim=True))
-        self.register_buffer("std", initial.std(dim=(0, 1), keepdim=True).clamp(min=1e-6))
+        mean, std = moments(resample_all(adapter, vision, texts, train_rows))  # one streaming pass
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def parameters(self, recurse: bool = True):
         return iter(self.params)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from spatialbench.probing.fit import ProbeInputs, Split, fit, standardise
+from spatialbench.probing.fit import ProbeInputs, Split, fit
+from spatialbench.probing.visual import standardised
 from spatialbench.probing.heads import ProbeShape
 from spatialbench.specs import ProbeSpec
 from spatialbench.stats import metrics
@@ -47,7 +48,7 @@ def _class_inputs(encode: bool, implicit: bool = False) -> ProbeInputs:
         split_targets[name] = target[start:start + n]
         start += n
     splits = _splits(split_targets, query)
-    return ProbeInputs(standardise(features, splits["train"].image), splits, shape, box=False, text=text,
+    return ProbeInputs(standardised(features, splits["train"].image), splits, shape, box=False, text=text,
                        text_mask=mask)
 
 
@@ -66,7 +67,7 @@ def _box_inputs() -> ProbeInputs:
         targets[name] = boxes[start:start + n]
         start += n
     splits = _splits(targets, query)
-    return ProbeInputs(standardise(features, splits["train"].image), splits,
+    return ProbeInputs(standardised(features, splits["train"].image), splits,
                        ProbeShape(Q, D, 4, n_categories=1, n_slots=1), box=True)
 
 

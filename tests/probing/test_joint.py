@@ -66,6 +66,7 @@ def _joint_setup(small_tasks, tmp_path, resampler_mode="train", **config):
     from spatialbench.probing import conditions
     from spatialbench.probing.inputs import build_inputs, feature_requests
     from spatialbench.probing.joint import ResamplerSnapshot
+    from spatialbench.probing.visual import Visual
     from spatialbench.registry import ModelRegistry, TaskRegistry
 
     adapter = get_family("blip2").load(ModelRegistry().get("blip2-tiny"))
@@ -75,7 +76,7 @@ def _joint_setup(small_tasks, tmp_path, resampler_mode="train", **config):
     vision.ensure(feature_requests(task, data, adapter))
     store.ensure(feature_requests(task, data, adapter), vision=vision)
     inputs = build_inputs(task, data, store, adapter)
-    rows = vision.load([(k, None) for k, _ in inputs.row_keys]).float()
+    rows = Visual(vision.rows([(k, None) for k, _ in inputs.row_keys]))
     snapshot = ResamplerSnapshot(adapter)
     run = RunConfig(model="blip2-tiny", tasks=["small_grid"], regime="joint", baselines=[], **config)
     [joint] = conditions.plan(run, inputs, rows, adapter, snapshot, resampler_mode=resampler_mode)
@@ -164,7 +165,7 @@ def test_version_1_results_still_read(small_tasks, tmp_path):
 def test_the_resampler_trains_with_its_dropout_on_unless_the_card_keeps_eval_mode(small_tasks, tmp_path):
     adapter, task, joint, _ = _joint_setup(small_tasks, tmp_path)
     assert adapter.parts.qformer.config.hidden_dropout_prob > 0  # the tiny Q-Former has dropout to switch
-    rows = joint.inputs.features[:4]
+    rows = joint.inputs.features.batch(torch.arange(4))
     encoder = joint.encoder().train()
     assert not torch.equal(encoder(rows, None), encoder(rows, None))  # two train-mode passes differ
     encoder.eval()

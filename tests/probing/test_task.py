@@ -14,7 +14,9 @@ from tests.probing.test_fit import _class_inputs
 
 def test_a_nan_loss_stops_the_fit_with_a_clear_error():
     inputs = _class_inputs(encode=True)
-    inputs.features[inputs.splits["train"].image[:5]] = float("nan")
+    features = inputs.features.rows.clone()
+    features[inputs.splits["train"].image[:5]] = float("nan")
+    inputs = inputs.with_features(features)
     with pytest.raises(FloatingPointError, match=r"seed 3: loss became nan at epoch 1; lower the lr"):
         fit(inputs, ProbeSpec(architecture="linear", epochs=2), 3, "accuracy", Accelerator(cpu=True))
 
@@ -24,7 +26,7 @@ def test_a_diverging_seed_is_left_out_and_the_others_go_on(small_tasks, tmp_path
 
     def diverging(inputs, spec, seed, *args, **kw):
         if seed == 1:  # real NaN features for this seed only: its loss diverges in the real fit
-            inputs = inputs.with_features(torch.full_like(inputs.features, float("nan")))
+            inputs = inputs.with_features(torch.full(inputs.features.shape, float("nan")))
         return real_fit(inputs, spec, seed, *args, **kw)
 
     monkeypatch.setattr(conditions, "fit", diverging)

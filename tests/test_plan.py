@@ -1,0 +1,117 @@
+"""`spatialbench plan`: a run sized from the card and the annotations alone, and sized right."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spatialbench.adapters.base import check_declared, get_family
+from spatialbench.errors import SpatialbenchError
+from spatialbench.registry import ModelRegistry
+
+SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
+# The whole process's peak resident set of the child, as the kernel counts it.
+MEASURE = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+           "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+
+
+def _env(**extra):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_plan_for_blip2_on_every_task_prints_its_table_offline_before_any_download(tmp_path):
+    hub, cache = tmp_path / "hub", tmp_path / "cache"
+    done = subprocess.run([SPATIALBENCH, "plan", "--model", "blip2", "--tasks", "all", "--regime", "both"],
+                          env=_env(HF_HUB_CACHE=str(hub), HF_HOME=str(hub), SPATIALBENCH_CACHE=str(cache)),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    rows = {line.split()[0]: line.split() for line in lines if line and line.split()[0] in
+            {"coco_region", "refcocog_umd", "vsr_random", "synth_vsr", "total"}}
+    assert set(rows) == {"coco_region", "refcocog_umd", "vsr_random", "synth_vsr", "total"}
+    assert rows["coco_region"][1] == "documented" and rows["synth_vsr"][1] == "synthetic"
+    assert rows["refcocog_umd"][2] == "25,799"  # 21,899 + 1,300 + 2,600 images, as the task documents them
+    assert "weights 4.55 GB" in lines[0]  # 1.22e9 declared parameters in float32
+    assert not hub.exists() and not cache.exists()  # nothing downloaded, built or extracted
+
+
+def test_plan_counts_a_real_dataset_where_it_is_on_disk(tmp_path):
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (shared / "vsr").is_dir():
+        pytest.skip("../shared/data is not here")
+    # Where the dataset is on disk (annotations and images: the loader reads each image's header), the plan
+    # counts it; the images here are one small JPEG linked under every file name the annotations use.
+    from PIL import Image
+
+    one = tmp_path / "one.jpg"
+    Image.new("RGB", (64, 48)).save(one)
+    for split in ("train", "dev", "test"):
+        for line in (shared / "vsr" / "splits" / "random" / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            path = tmp_path / "coco" / row["image_link"].split("/")[-2] / row["image"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.symlink_to(one)
+    done = subprocess.run([SPATIALBENCH, "plan", "--model", "blip2", "--tasks", "vsr_random", "--data-dir", str(shared),
+                           "--coco-root", str(tmp_path / "coco"), "--json"], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    [task] = json.loads(done.stdout)["tasks"]
+    # The VSR release's random split: 7,680 / 1,097 / 2,195 captions over 6,259 distinct COCO images.
+    assert task["sizes"] == "annotations" and task["items"] == {"train": 7680, "validation": 1097, "test": 2195}
+    assert task["images"] == 6259
+
+
+def _tasks(root: Path) -> Path:
+    root.mkdir()
+    for name, kind, extra in (("tiny_grid", "region_localization", {"grid": 3}), ("tiny_vsr", "vsr", {})):
+        spec = {"name": name, "kind": kind, "groups": ["tiny"],
+                "dataset": {"source": "synthetic", "seed": 3, "image_size": 64,
+                            "sizes": {"train": 40, "validation": 12, "test": 20}, **extra},
+                "probe": {"width": 16, "depth": 1, "heads": 2, "epochs": 2, "patience": 2, "lr": 1e-3}}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+def test_a_tiny_runs_peak_ram_and_cache_bytes_are_within_a_quarter_of_its_plan(tmp_path):
+    tasks = _tasks(tmp_path / "tasks")
+    args = ["--model", "blip2-tiny", "--tasks", "tiny", "--include-path", str(tasks), "--seeds", "2",
+            "--regime", "both", "--baselines", "blind,vision_patches"]
+    planned = subprocess.run([SPATIALBENCH, "plan", *args, "--json"], env=_env(), capture_output=True, text=True,
+                             timeout=300)
+    assert planned.returncode == 0, planned.stderr
+    totals = json.loads(planned.stdout)["totals"]
+    cache = tmp_path / "cache"
+    ran = subprocess.run([sys.executable, "-c", MEASURE, SPATIALBENCH, "run", *args, "--cache-dir", str(cache),
+                          "--output", str(tmp_path / "out"), "--workers", "0"],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    code, peak = ran.stdout.split()[-2:]
+    assert code == "0", ran.stderr[-3000:]
+    assert "plan: 2 task(s), 72 images" in ran.stderr  # run says the same first
+    cache_bytes = sum(p.stat().st_size for p in (cache / "features").rglob("*") if p.is_file())
+    assert 0.75 <= totals["cache_bytes"] / cache_bytes <= 1.25, (totals["cache_bytes"], cache_bytes)
+    assert 0.75 <= totals["peak_bytes"] / int(peak) <= 1.25, (totals["peak_bytes"], int(peak))
+
+
+# The pretrained testbeds take minutes to build; the demo's test loads blip2-pretrained through the runner,
+# which refuses a wrong declared shape (check_declared).
+@pytest.mark.parametrize("name", [n for n in ModelRegistry().names() if ModelRegistry().get(n).checkpoint.startswith("tiny:")
+                                  and "pretrained" not in n])
+def test_every_tiny_cards_declared_shapes_and_parameters_are_its_checkpoints(name):
+    card = ModelRegistry().get(name)
+    adapter = get_family(card.family).load(card)
+    check_declared(adapter)  # raises on a wrong shape
+    assert card.declares.extraction_parameters == sum(p.numel() for p in adapter.parameters())
+
+
+def test_a_card_declaring_a_wrong_shape_is_refused_when_it_loads():
+    card = ModelRegistry().get("blip2-tiny")
+    wrong = card.model_copy(update={"declares": card.declares.model_copy(update={"shapes": {"projected": (8, 99)}})})
+    adapter = get_family(card.family).load(wrong)
+    with pytest.raises(SpatialbenchError, match=r"declares \[8, 99\] at projected; the checkpoint gives \[8, 48\]"):
+        check_declared(adapter)
