@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 import torch
 
-CHUNK_BYTES = 16 * 2**20  # of float32 rows per read in a streaming pass: bounded whatever the prompt's size
+CHUNK_BYTES = 4 * 2**20  # of float32 rows per read in a streaming pass (about 4x that in flight): bounded whatever the prompt size
 
 
 def chunk_rows(shape: tuple[int, ...]) -> int:
