@@ -238,7 +238,7 @@ class Bench:
             large_peak_mb=round(peaks[large]["peak_kb"] / 1024, 1),
             small=peaks[small], large=peaks[large])
 
-    def cache(self) -> None:
+    def cache_bytes(self) -> None:
         from spatialbench.adapters.base import get_family
         from spatialbench.plan import geometry
         from spatialbench.registry import ModelRegistry
@@ -266,7 +266,7 @@ class Bench:
         peaks = {}
         for n, split_sizes in sizes.items():
             name = f"bench_training_{n}x"
-            synthtasks.variant(self.tasks_dir, "synth_grid", name, split_sizes, epochs=2, patience=2, lr=[1e-3])
+            synthtasks.variant(self.tasks_dir, "synth_region_grid", name, split_sizes, epochs=2, patience=2, lr=[1e-3])
             peaks[n] = memory.training_peak(self.card, self.tasks_dir, name, self.cache, self.work / f"training-{n}",
                                             self.args.device)
         ratio = peaks[10]["peak_kb"] / peaks[1]["peak_kb"]
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["tasks"] = bench.selector if args.quick is False else f"{bench.selector} (sizes {QUICK_SIZES})"
         steps = {"extraction": bench.extraction_and_warm, "warm": bench.extraction_and_warm,
                  "throughput": bench.throughput, "pipeline": bench.pipeline, "joint": bench.joint, "grid": bench.grid, "memory": bench.memory,
-                 "training": bench.training, "cache": bench.cache, "realsize": bench.realsize}
+                 "training": bench.training, "cache": bench.cache_bytes, "realsize": bench.realsize}
         done = set()
         for name in only:
             step = steps[name]

@@ -25,6 +25,7 @@ from spatialbench.features import FeatureStore
 from spatialbench.probing.fit import fit
 from spatialbench.probing.inputs import build_inputs, feature_requests
 from spatialbench.probing.joint import JointEncoder, ResamplerSnapshot
+from spatialbench.probing.visual import Visual
 from spatialbench.runner import resolve_card
 from spatialbench.specs import SyntheticDataset, TaskSpec
 
@@ -113,7 +114,7 @@ def joint_epoch(adapter: Adapter, task: TaskSpec, cache_dir: Path, batch_size: i
     store.ensure(requests, vision=vision)
     inputs = build_inputs(task, data, store, adapter)
     keys = [key for key, _ in inputs.row_keys]
-    vision_rows = vision.load([(key, None) for key in keys]).float()
+    vision_rows = Visual(vision.rows([(key, None) for key in keys]))  # read a batch at a time, as the runner does
     pixels = torch.cat([adapter.preprocess([loaders[k]() for k in keys[i:i + batch_size]]).cpu()
                         for i in range(0, len(keys), batch_size)])
     train_rows = inputs.splits["train"].image.unique()
@@ -124,9 +125,10 @@ def joint_epoch(adapter: Adapter, task: TaskSpec, cache_dir: Path, batch_size: i
            "images": len(keys), "probe_batch_size": spec.batch_size}
     for side, features, encoder_cls in (("cached", vision_rows, JointEncoder),
                                         ("recompute", pixels, RecomputeVisionEncoder)):
-        side_inputs = dataclasses.replace(inputs, features=features)  # same items; the probe reads prompts in both
+        # same items and shape: the probe reads prompts in both (pixels are 4-D, so not with_features)
+        side_inputs = dataclasses.replace(inputs, features=features if isinstance(features, Visual) else Visual(features))
         snapshot.restore()
-        encoder = encoder_cls(adapter, vision_rows[train_rows], None)
+        encoder = encoder_cls(adapter, vision_rows, train_rows, None)
         stamps: list[float] = []
 
         def on_epoch(epoch: int, val: float, stamps: list[float] = stamps) -> None:
@@ -135,7 +137,7 @@ def joint_epoch(adapter: Adapter, task: TaskSpec, cache_dir: Path, batch_size: i
 
         start = time.perf_counter()
         result = fit(side_inputs, spec, 0, task.headline, accelerator, on_epoch=on_epoch, encoder=encoder,
-                     encoder_lr=adapter.card.resampler_lr)
+                     encoder_lr=adapter.card.resampler_lr[0])  # the first of its grid, as the runner starts
         out[f"{side}_fit_s"] = round(time.perf_counter() - start, 3)
         out[f"{side}_epoch_s"] = round(stamps[1] - stamps[0], 3)
         out[f"{side}_val"] = round(result.val_score, 4)
