@@ -86,12 +86,9 @@ def _cached_tensor(adapter: Adapter, px: torch.Tensor) -> Check:
     if adapter.stored_point == adapter.point:
         return Check(name, "n/a", "the prompt itself is cached")
     texts = _texts(adapter, len(px))
-    try:
-        with adapter.at_point(adapter.stored_point):
-            stored = adapter.visual_prompt(px, texts)
-        diff = (adapter.finish(stored).float() - adapter.visual_prompt(px, texts).float()).abs().max().item()
-    except Exception as e:  # noqa: BLE001 - a map that cannot even run is a failed check, not a crash
-        return Check(name, "fail", f"{adapter.stored_point} -> {adapter.point}: {type(e).__name__}: {e}")
+    with adapter.at_point(adapter.stored_point):
+        stored = adapter.visual_prompt(px, texts)
+    diff = (adapter.finish(stored).float() - adapter.visual_prompt(px, texts).float()).abs().max().item()
     return Check(name, "pass" if diff <= ATOL else "fail",
                  f"{adapter.stored_point} -> {adapter.point}: max |diff| {diff:.2e} (tolerance {ATOL:.0e})")
 
@@ -187,13 +184,21 @@ def run_checks(card: ModelCard, *, device: str = "cpu", cache_dir: Path | None =
         adapters[point] = family.load(card, device=device, cache_dir=cache_dir, point=point,
                                       trust_remote_code=trust_remote_code)
     px = next(iter(adapters.values())).preprocess(probe_images())
-    checks = [_equal_to_model(adapters, px)]
+    checks = [_guarded(_equal_to_model, adapters, px)]
     for point, adapter in adapters.items():
         for check in PER_POINT:
-            result = check(adapter, px)
+            result = _guarded(check, adapter, px)
             result.name = f"[{point}] {result.name}"
             checks.append(result)
     return checks
+
+
+def _guarded(check: Callable[..., Check], *args) -> Check:
+    """A check that raises is a failed check with its message: one broken path must not hide the others."""
+    try:
+        return check(*args)
+    except Exception as e:  # noqa: BLE001
+        return Check(check.__name__.strip("_").replace("_", " "), "fail", f"raised {type(e).__name__}: {e}")
 
 
 def resolve_card(card: ModelCard | str | Path) -> ModelCard:

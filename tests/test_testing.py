@@ -8,6 +8,7 @@ from spatialbench.adapters.base import get_family
 from spatialbench.adapters.blip2 import Blip2Adapter
 from spatialbench.cli import app
 from spatialbench.registry import ModelRegistry
+from spatialbench.specs import ModelCard
 from spatialbench.testing import assert_conformant, run_checks
 
 
@@ -71,3 +72,24 @@ def test_check_adapter_command_prints_a_table_and_sets_the_exit_code(monkeypatch
     result = CliRunner().invoke(app, ["check-adapter", "blip2-tiny"], env={"COLUMNS": "200"})
     assert result.exit_code == 1 and "fail" in result.output
     assert get_family("blip2") is Blip2Adapter
+
+
+def test_a_check_that_raises_is_a_failed_check_and_the_others_still_run(monkeypatch):
+    def broken(self, stored):
+        raise RuntimeError("projection weights on another device")
+
+    monkeypatch.setattr(Blip2Adapter, "finish", broken)
+    checks = run_checks(ModelRegistry().get("blip2-tiny"))
+    failed = {c.name: c.detail for c in checks if c.status == "fail"}
+    assert failed == {"[projected] cached tensor": "raised RuntimeError: projection weights on another device"}
+    assert _statuses(checks)["[projected] batch of 8 equals 8 batches of 1"] == "pass"
+    result = CliRunner().invoke(app, ["check-adapter", "blip2-tiny"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "projection weights on another device" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_blip2_with_a_seq2seq_llm_is_compared_with_its_own_model():
+    # Blip2ForConditionalGeneration with Flan-T5 needs a decoder input; the reference used to crash there.
+    card = ModelCard(name="blip2-t5-tiny", family="blip2", checkpoint="tiny:blip2-t5-tiny")
+    checks = _statuses(assert_conformant(card))
+    assert checks["prompt equals the model's own LLM input"] == "pass"

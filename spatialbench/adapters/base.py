@@ -47,6 +47,7 @@ class Adapter(ABC):
             raise SpatialbenchError(f"family '{self.family}' has no extraction point '{self.point}'",
                                     field="point", fix=f"choose one of {list(self.points)}")
         self.loaded_keys: set[str] = set()  # checkpoint tensors actually read
+        self.skipped_keys: list[str] = []  # read but not used: stored copies of non-persistent buffers
         self.dtype = torch.float32
         self.device = torch.device("cpu")
 
@@ -181,6 +182,13 @@ class CheckpointAdapter(Adapter):
     @property
     def text_dim(self) -> int:
         return self.embeddings.embedding_dim
+
+
+def decoder_inputs(config, batch: int, device) -> dict[str, torch.Tensor]:
+    """What a reference forward must add for a seq2seq LLM (T5): one decoder step; nothing for a decoder-only one."""
+    if config.use_decoder_only_language_model:
+        return {}
+    return {"decoder_input_ids": torch.full((batch, 1), config.text_config.decoder_start_token_id, device=device)}
 
 
 def check_declared(adapter: Adapter) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 from PIL import Image
 
 from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
+from .base import DTYPES, CheckpointAdapter, decoder_inputs, register_family
 from .loading import input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -66,7 +66,7 @@ class Blip2Adapter(CheckpointAdapter):
         tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
         with torch.device("meta"):
             parts = Blip2Parts(config)
-        materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
+        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
         dtype = DTYPES[card.dtype]
         parts.vision_model.to(dtype)
         parts.language_projection.to(dtype)
@@ -79,6 +79,7 @@ class Blip2Adapter(CheckpointAdapter):
         adapter = cls(card, ckpt, parts, embeddings,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
                       point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(tensors), config
         parts.to(device).eval().requires_grad_(False)
         embeddings.to(device)
@@ -118,7 +119,7 @@ class Blip2Adapter(CheckpointAdapter):
         ids = torch.full((pixel_values.shape[0], q + 2), model.config.image_token_index, device=self.device)
         ids[:, q:] = self.tokenizer.eos_token_id
         with torch.no_grad():
-            model(pixel_values=pixel_values, input_ids=ids)
+            model(pixel_values=pixel_values, input_ids=ids, **decoder_inputs(model.config, len(ids), self.device))
         resampler = captured["qformer"]
         if resampler.dtype != captured["vision"].dtype:  # what the projection reads
             resampler = resampler.to(captured["vision"].dtype)
@@ -127,6 +128,16 @@ class Blip2Adapter(CheckpointAdapter):
 
 @tiny_builder("blip2-tiny")
 def build_blip2_tiny(out: Path) -> None:
+    _build_tiny(out, seq2seq=False)
+
+
+@tiny_builder("blip2-t5-tiny")
+def build_blip2_t5_tiny(out: Path) -> None:
+    """Like blip2-flan-t5-xl: a seq2seq LLM, so a reference forward needs a decoder input."""
+    _build_tiny(out, seq2seq=True)
+
+
+def _build_tiny(out: Path, seq2seq: bool) -> None:
     from transformers import (
         BlipImageProcessor,
         Blip2Config,
@@ -134,6 +145,7 @@ def build_blip2_tiny(out: Path) -> None:
         Blip2QFormerConfig,
         Blip2VisionConfig,
         OPTConfig,
+        T5Config,
     )
 
     tokenizer = word_tokenizer()
@@ -148,11 +160,18 @@ def build_blip2_tiny(out: Path) -> None:
         # At 0.02 the cross-attention barely moves the queries: prompts differ by ~1e-4 across images.
         initializer_range=0.5,
     )
-    text = OPTConfig(
-        hidden_size=48, word_embed_proj_dim=48, num_hidden_layers=2, ffn_dim=96, num_attention_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    if seq2seq:  # like Flan-T5 (gated-gelu, untied head)
+        text = T5Config(d_model=48, d_kv=24, d_ff=96, num_layers=2, num_decoder_layers=2, num_heads=2,
+                        vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    else:
+        text = OPTConfig(
+            hidden_size=48, word_embed_proj_dim=48, num_hidden_layers=2, ffn_dim=96, num_attention_heads=2,
+            vocab_size=len(tokenizer), max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     config = Blip2Config(
         vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
         num_query_tokens=8, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),

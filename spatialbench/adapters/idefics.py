@@ -98,7 +98,7 @@ class IdeficsAdapter(CheckpointAdapter):
             embeddings = _embedding_table(config)
         vision_embeddings = parts.vision_model.embeddings  # its position_ids buffer is not in the checkpoint
         vision_embeddings.position_ids = torch.arange(vision_embeddings.num_positions).expand((1, -1))
-        materialise_module(parts, {k: v for k, v in tensors.items() if k.startswith(EXTRACTION_PREFIXES)}, "model.")
+        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k.startswith(EXTRACTION_PREFIXES)}, "model.")
         materialise_module(embeddings, tensors, EMBED_PREFIX)
         dtype = DTYPES[card.dtype]  # IDEFICS keeps nothing in fp32: every module runs in the load dtype
         parts.to(device, dtype).eval().requires_grad_(False)
@@ -106,6 +106,7 @@ class IdeficsAdapter(CheckpointAdapter):
         adapter = cls(card, ckpt, parts, embeddings,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
                       point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(tensors), config
         return adapter
 

@@ -106,7 +106,7 @@ class Idefics2Adapter(CheckpointAdapter):
         tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
         with torch.device("meta"):
             parts = Idefics2Parts(config)
-        materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key}, prefix="model.")
+        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key}, prefix="model.")
         dtype = DTYPES[card.dtype]
         parts.to(dtype)  # Idefics2 keeps no module in fp32: everything follows the load dtype
         embeddings = nn.Embedding.from_pretrained(tensors[embed_key].to(dtype), freeze=True)
@@ -120,6 +120,7 @@ class Idefics2Adapter(CheckpointAdapter):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         adapter = cls(card, ckpt, parts, embeddings, tokenizer, processor, point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(tensors), config
         parts.to(device).eval().requires_grad_(False)
         embeddings.to(device)

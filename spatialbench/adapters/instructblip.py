@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
+from .base import DTYPES, CheckpointAdapter, decoder_inputs, register_family
 from .loading import Checkpoint, materialise_module, resolve
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
@@ -118,7 +118,7 @@ class InstructBlipAdapter(CheckpointAdapter):
             parts = InstructBlipParts(config)
         # A non-persistent buffer (not in the checkpoint), set as InstructBlipPreTrainedModel._init_weights does.
         parts.qformer.embeddings.position_ids = torch.arange(config.qformer_config.max_position_embeddings)[None]
-        materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
+        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
         embeddings = nn.Embedding.from_pretrained(tensors[embed_key], freeze=True)
         qformer_tokenizer = AutoTokenizer.from_pretrained(ckpt.root / QFORMER_TOKENIZER)
         tokenizer = AutoTokenizer.from_pretrained(ckpt.root)
@@ -126,6 +126,7 @@ class InstructBlipAdapter(CheckpointAdapter):
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         adapter = cls(card, ckpt, parts, embeddings, tokenizer, qformer_tokenizer,
                       AutoImageProcessor.from_pretrained(ckpt.root), point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(tensors), config
         # requires_grad stays as from_pretrained leaves it (True): torch.matmul picks its kernel by it for the
         # non-contiguous text slice the Q-Former feeds its text feed-forward, which moves the prompt by ~1e-6.
@@ -183,12 +184,9 @@ class InstructBlipAdapter(CheckpointAdapter):
         b, q = pixel_values.shape[0], model.config.num_query_tokens
         ids = torch.full((b, q + 1), model.config.image_token_index, device=self.device)
         ids[:, q:] = self.tokenizer.eos_token_id
-        extra = {}
-        if not model.config.use_decoder_only_language_model:  # seq2seq (T5): one decoder step
-            start = model.config.text_config.decoder_start_token_id
-            extra["decoder_input_ids"] = torch.full((b, 1), start, device=self.device)
         with torch.no_grad():
-            model(pixel_values=pixel_values, input_ids=ids, **self.instruction(text, b), **extra)
+            model(pixel_values=pixel_values, input_ids=ids, **self.instruction(text, b),
+                  **decoder_inputs(model.config, b, self.device))
         return {"projected": captured["lm"][:, :q], "resampler": captured["qformer"][:, :q],
                 "vision_patches": captured["vision"]}
 

@@ -93,13 +93,14 @@ class Kosmos2Adapter(CheckpointAdapter):
             parts = Kosmos2Parts(config)
         embeddings = parts.vision_model.model.embeddings  # its position_ids buffer is not saved: rebuild it
         embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
-        materialise_module(parts, {k: v for k, v in tensors.items() if k != EMBED_KEY})
+        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != EMBED_KEY})
         dtype = DTYPES[card.dtype]
         parts.to(dtype)  # no _keep_in_fp32_modules in Kosmos-2: from_pretrained(dtype=...) casts every part
         table = nn.Embedding.from_pretrained(tensors[EMBED_KEY].to(dtype), freeze=True)
         adapter = cls(card, ckpt, parts, table,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
                       point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(tensors), config
         parts.to(device).eval().requires_grad_(False)
         table.to(device)

@@ -116,11 +116,12 @@ class LlavaAdapter(CheckpointAdapter):
             raise SpatialbenchError(f"checkpoint has no LLM input-embedding table ({embed_name})", field="checkpoint")
         dtype = DTYPES[card.dtype]
         embeddings = nn.Embedding.from_pretrained(tensors.pop(embed_name).to(dtype), freeze=True)
-        materialise_module(parts, tensors)
+        skipped = materialise_module(parts, tensors)
         parts.to(dtype)  # as from_pretrained(dtype=...): LLaVA keeps no module in fp32
         adapter = cls(card, ckpt, parts, embeddings,
                       AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
                       point, device)
+        adapter.skipped_keys = skipped
         adapter.loaded_keys, adapter.config = set(names), config
         parts.to(device).eval().requires_grad_(False)
         embeddings.to(device)

@@ -138,10 +138,17 @@ def input_embedding_key(text_config, prefix: str) -> str:
     return f"{prefix}{name}.weight"
 
 
-def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """Fill a module built on the meta device with checkpoint tensors; every parameter must be there."""
+def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Fill a module built on the meta device with checkpoint tensors; every parameter must be there.
+
+    Returns the checkpoint keys skipped: buffers the module holds as non-persistent (position_ids, which
+    checkpoints written by older transformers still store). from_pretrained drops them too; the module
+    computes them itself, so the stored copy is not read."""
     state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    buffers = {name for name, _ in module.named_buffers()}
+    skipped = [k for k in unexpected if k in buffers]
+    unexpected = [k for k in unexpected if k not in buffers]
     still_meta = [n for n, b in module.named_buffers() if b.is_meta]
     if missing or unexpected or still_meta:
         raise SpatialbenchError(
@@ -149,3 +156,4 @@ def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor]
             f"unset buffers {still_meta[:5]}",
             field="checkpoint",
         )
+    return [prefix + k for k in skipped]

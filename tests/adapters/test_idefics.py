@@ -405,3 +405,27 @@ def test_family_and_cards():
     assert cards.get("idefics").checkpoint == "HuggingFaceM4/idefics-9b"
     assert cards.get("idefics-tiny").checkpoint == "tiny:idefics-tiny"
     assert all(cards.get(n).family == "idefics" for n in ("idefics", "idefics-tiny", "idefics-80b"))
+
+
+def test_a_checkpoint_that_stores_position_ids_loads_as_from_pretrained_loads_it(idefics, tiny_dir, tmp_path):
+    # The released IDEFICS checkpoints (written by transformers 4.x) store this buffer; 5.x holds it as
+    # non-persistent and from_pretrained drops it. It used to be a fatal "unexpected" key here.
+    key = "model.vision_model.embeddings.position_ids"
+    stored = tmp_path / tiny_dir.name
+    shutil.copytree(tiny_dir, stored)
+    index_path = stored / loading.INDEX
+    index = json.loads(index_path.read_text())
+    shard = stored / index["weight_map"]["model.vision_model.embeddings.position_embedding.weight"]
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(shard))
+    positions = tensors["model.vision_model.embeddings.position_embedding.weight"].shape[0]
+    tensors[key] = torch.arange(positions).expand((1, -1)).contiguous()
+    save_file(tensors, str(shard), metadata=metadata)
+    index["weight_map"][key] = shard.name
+    index_path.write_text(json.dumps(index))
+
+    loaded = idefics("projected", card=ModelCard(name="stored-position-ids", family="idefics", checkpoint=str(stored)))
+    assert key in loaded.loaded_keys and key in loaded.skipped_keys
+    px = loaded.preprocess(square_scenes(2))
+    assert torch.equal(loaded.visual_prompt(px), idefics("projected").visual_prompt(px))
