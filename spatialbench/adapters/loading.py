@@ -20,6 +20,10 @@ from ..errors import SpatialbenchError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+# Many fine-tuned community checkpoints still ship only PyTorch pickles: same layout, other names.
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+LAYOUTS = ((INDEX, SINGLE), (BIN_INDEX, BIN_SINGLE))  # preferred first, as from_pretrained prefers safetensors
 META_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
 
 
@@ -32,52 +36,57 @@ class Checkpoint:
 
     def __init__(self, root: Path, repo_id: str | None = None, revision: str | None = None):
         self.root, self.repo_id, self.revision = root, repo_id, revision
-        index = root / INDEX
-        if index.is_file():
-            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        elif (root / SINGLE).is_file() or repo_id:
-            self.weight_map = self._single_file_map()
-        else:
-            raise SpatialbenchError(
-                f"no {INDEX} or {SINGLE} in {root}",
-                fix="point the model card's checkpoint at a directory written by save_pretrained",
-            )
+        self.weight_map: dict[str, str] = self._weight_map()
 
-    def _single_file_map(self) -> dict[str, str]:
-        path = self._file(SINGLE)
-        with safe_open(str(path), framework="pt") as f:
-            return {k: SINGLE for k in f.keys()}
+    def _weight_map(self) -> dict[str, str]:
+        for index, _ in LAYOUTS:  # an index is metadata: a Hub snapshot already holds it
+            if (self.root / index).is_file():
+                return json.loads((self.root / index).read_text())["weight_map"]
+        for _, single in LAYOUTS:
+            if (self.root / single).is_file():
+                return {k: single for k in _keys(self.root / single)}
+        if self.repo_id:  # no index in the snapshot: one weight file, fetched now
+            path = self._file(SINGLE, BIN_SINGLE)
+            return {k: path.name for k in _keys(path)}
+        raise SpatialbenchError(
+            f"no weights in {self.root}: none of {INDEX}, {SINGLE}, {BIN_INDEX}, {BIN_SINGLE}",
+            field="checkpoint", fix="point the model card's checkpoint at a directory written by save_pretrained",
+        )
 
-    def _file(self, name: str) -> Path:
+    def _file(self, name: str, fallback: str | None = None) -> Path:
+        """A weight file, local or from the Hub; `fallback`: the other layout's name for the same file."""
         local = self.root / name
         if local.is_file() or not self.repo_id:
             return local
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-        try:
-            return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
-        except LocalEntryNotFoundError:
-            raise SpatialbenchError(
-                f"'{name}' of checkpoint '{self.repo_id}' is not in the local Hugging Face cache and the Hub cannot "
-                "be reached (HF_HUB_OFFLINE is set or there is no network)", field="checkpoint",
-                fix=f"run once online: `hf download {self.repo_id}`",
-            ) from None
-        except (HfHubHTTPError, OSError) as e:
-            raise SpatialbenchError(f"cannot fetch '{name}' of '{self.repo_id}': {e}", field="checkpoint") from None
+        names = [name, fallback] if fallback else [name]
+        for candidate in names:
+            try:
+                path = Path(hf_hub_download(self.repo_id, candidate, revision=self.revision))
+            except (EntryNotFoundError, LocalEntryNotFoundError):  # not in the repo, or (offline) not cached
+                continue
+            except (HfHubHTTPError, OSError) as e:
+                raise SpatialbenchError(f"cannot fetch '{candidate}' of '{self.repo_id}': {e}",
+                                        field="checkpoint") from None
+            return path
+        raise SpatialbenchError(
+            f"{' or '.join(repr(n) for n in names)} of checkpoint '{self.repo_id}' is neither in the local Hugging "
+            "Face cache nor fetchable (HF_HUB_OFFLINE is set, there is no network, or the repo has no such file)",
+            field="checkpoint", fix=f"run once online: `hf download {self.repo_id}`",
+        )
 
     def load(self, wanted: Callable[[str], bool], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Every tensor whose name satisfies `wanted`, read shard by shard; nothing else is read."""
+        """Every tensor whose name satisfies `wanted`, read shard by shard; no other shard is opened."""
         by_shard: dict[str, list[str]] = {}
         for key, shard in self.weight_map.items():
             if wanted(key):
                 by_shard.setdefault(shard, []).append(key)
         out: dict[str, torch.Tensor] = {}
         for shard, keys in sorted(by_shard.items()):
-            with safe_open(str(self._file(shard)), framework="pt") as f:
-                for key in keys:
-                    t = f.get_tensor(key)
-                    out[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+            for key, t in _read(self._file(shard), keys).items():
+                out[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
         return out
 
     def fingerprint(self) -> str:
@@ -85,12 +94,36 @@ class Checkpoint:
         if self.repo_id:
             return f"{self.repo_id}@{self.root.name}"
         h = hashlib.sha256()
-        for name in sorted(p.name for p in self.root.iterdir() if p.suffix in (".json", ".safetensors")):
+        for name in sorted(p.name for p in self.root.iterdir() if p.suffix in (".json", ".safetensors", ".bin")):
             h.update(name.encode())
             with open(self.root / name, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         return f"local:{self.root.name}:{h.hexdigest()[:16]}"
+
+
+def _pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch weight file, memory-mapped and weights-only: no code in it runs, no page is read yet."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - name the file; torch's own message says why
+        raise SpatialbenchError(f"cannot read {path}: {e}", field="checkpoint") from None
+
+
+def _keys(path: Path) -> list[str]:
+    if path.suffix == ".bin":
+        return list(_pickle(path))
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _read(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors `keys` of one weight file; only their bytes are read (safetensors by offset, pickles mapped)."""
+    if path.suffix == ".bin":
+        state = _pickle(path)
+        return {k: state[k].clone() for k in keys}  # owned copies, not views of a mapping about to close
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in keys}
 
 
 def resolve(checkpoint: str, revision: str, cache_dir: Path | None = None) -> Checkpoint:

@@ -514,3 +514,40 @@ def test_family_registry():
 
 def test_extraction_prefixes_cover_the_parts():
     assert set(EXTRACTION_PREFIXES) == {"vision_model.", "qformer.", "query_tokens", "language_projection."}
+
+
+def test_a_bin_only_hub_checkpoint_loads_offline_from_its_needed_shards_only(
+    tmp_path, tiny_cache, blip2_tiny, blip2_tiny_dir, monkeypatch
+):
+    """Many fine-tuned checkpoints ship only pytorch_model-*.bin shards and their index: read them
+    weights-only, shard by shard, through the Hub cache; the decoder-only shards are never needed."""
+    import json
+
+    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = hub_cache / "models--someorg--blip2-bin-only"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    safetensors_map = index_of(blip2_tiny_dir)
+    shards = sorted(set(safetensors_map.values()))
+    renamed = {s: f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin" for i, s in enumerate(shards)}
+    needed = {renamed[safetensors_map[k]] for k in blip2_tiny("projected").loaded_keys}
+    assert needed < set(renamed.values())
+    for shard, name in renamed.items():
+        if name in needed:  # the decoder-only shards are not in the cache
+            torch.save(load_file(str(blip2_tiny_dir / shard)), snapshot / name)
+    for p in blip2_tiny_dir.glob("*.json"):
+        if p.name != loading.INDEX:
+            shutil.copy(p, snapshot / p.name)
+    (snapshot / loading.BIN_INDEX).write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: renamed[s] for k, s in safetensors_map.items()}}))
+
+    card = ModelCard(name="bin-only", family="blip2", checkpoint="someorg/blip2-bin-only")
+    adapter = blip2_tiny("projected", card=card)
+    reference = blip2_tiny("projected")
+    px = reference.preprocess(square_scenes(2))
+    assert torch.equal(adapter.visual_prompt(px), reference.visual_prompt(px))
+    assert adapter.loaded_keys == reference.loaded_keys
+    assert not attempts
