@@ -62,7 +62,7 @@ class Blip2Adapter(CheckpointAdapter):
 
         ckpt = resolve(card.checkpoint, card.revision, cache_dir)
         config = AutoConfig.from_pretrained(ckpt.root)
-        embed_key = input_embedding_key(config.text_config, "language_model.")
+        embed_key = input_embedding_key(config.text_config, "language_model.", ckpt.weight_map)
         tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
         with torch.device("meta"):
             parts = Blip2Parts(config)

@@ -18,7 +18,7 @@ from PIL import Image
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
 from .base import DTYPES, CheckpointAdapter, decoder_inputs, register_family
-from .loading import Checkpoint, materialise_module, resolve
+from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -51,15 +51,6 @@ class InstructBlipParts(nn.Module):
             encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, return_dict=True,
         )[0][:, : queries.shape[1]]
         return self.language_projection(out) if project else out
-
-
-def _embedding_key(skeleton, weight_map: dict[str, str]) -> str:
-    """The checkpoint name of the LLM's input-embedding table (or of an embedding tied to it, e.g. T5's)."""
-    table = skeleton.get_input_embeddings()
-    key = next(f"{n}.weight" for n, m in skeleton.named_modules() if m is table)
-    tied = [t for t, s in (getattr(skeleton, "all_tied_weights_keys", None) or {}).items()
-            if s == key and isinstance(skeleton.get_submodule(t.rsplit(".", 1)[0]), nn.Embedding)]
-    return next((k for k in (key, *tied) if k in weight_map), key)
 
 
 def _target_dtypes(skeleton, dtype: torch.dtype):
@@ -107,12 +98,10 @@ class InstructBlipAdapter(CheckpointAdapter):
                 field="checkpoint", fix="save the checkpoint's processor with InstructBlipProcessor.save_pretrained")
         with torch.device("meta"):  # weightless: names and dtype policy of the whole model, nothing allocated
             skeleton = InstructBlipForConditionalGeneration(config)
-        embed_key = _embedding_key(skeleton, ckpt.weight_map)
+        embed_key = input_embedding_key(config.text_config, "language_model.", ckpt.weight_map)
         dtype = DTYPES[card.dtype]
         dtype_of = _target_dtypes(skeleton, dtype)
         tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
-        if embed_key not in tensors:
-            raise SpatialbenchError(f"checkpoint has no input-embedding table '{embed_key}'", field="checkpoint")
         tensors = {k: v.to(dtype_of(k)) if v.is_floating_point() else v for k, v in tensors.items()}
         with torch.device("meta"):
             parts = InstructBlipParts(config)

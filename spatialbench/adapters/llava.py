@@ -108,7 +108,7 @@ class LlavaAdapter(CheckpointAdapter):
         # Parameters on meta, buffers (CLIP's non-persistent position_ids) real: the checkpoint fills the rest.
         with init_empty_weights(include_buffers=False):
             parts = LlavaParts(config)
-        embed_name = _candidates(input_embedding_key(config.text_config, "language_model."))[0]
+        embed_name = _candidates(input_embedding_key(config.text_config, "language_model.", None))[0]
         known = set(parts.state_dict()) | {embed_name}
         names = {k: n for k in ckpt.weight_map if (n := checkpoint_name(k, known)) is not None}
         tensors = {names[k]: v for k, v in ckpt.load(lambda k: k in names).items()}

@@ -157,8 +157,10 @@ def _from_hub(repo_id: str, revision: str) -> Checkpoint:
     return Checkpoint(root, repo_id=repo_id, revision=revision)
 
 
-def input_embedding_key(text_config, prefix: str) -> str:
-    """The checkpoint name of the LLM's input-embedding table, found on a weightless (meta) LLM."""
+def input_embedding_key(text_config, prefix: str, weight_map: dict[str, str] | None) -> str:
+    """The checkpoint name of the LLM's input-embedding table, found on a weightless (meta) LLM: its own
+    name, or an embedding tied to it where only that is stored (a T5 saved with just
+    `encoder.embed_tokens.weight`). With no weight map, the table's own name."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with torch.device("meta"):
@@ -167,8 +169,19 @@ def input_embedding_key(text_config, prefix: str) -> str:
         except ValueError:
             lm = AutoModelForSeq2SeqLM.from_config(text_config)
     table = lm.get_input_embeddings()
-    name = next(n for n, m in lm.named_modules() if m is table)
-    return f"{prefix}{name}.weight"
+    key = next(f"{n}.weight" for n, m in lm.named_modules() if m is table)
+    tied = [t for t, source in (getattr(lm, "all_tied_weights_keys", None) or {}).items()
+            if source == key and isinstance(lm.get_submodule(t.rsplit(".", 1)[0]), torch.nn.Embedding)]
+    candidates = [prefix + k for k in (key, *tied)]
+    if weight_map is None:
+        return candidates[0]
+    found = next((k for k in candidates if k in weight_map), None)
+    if found is None:
+        raise SpatialbenchError(
+            f"checkpoint has no input-embedding table: none of {candidates} is in its weight map",
+            field="checkpoint", fix="the LLM's token embeddings must be saved with the checkpoint (save_pretrained does)",
+        )
+    return found
 
 
 def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> list[str]:

@@ -551,3 +551,41 @@ def test_a_bin_only_hub_checkpoint_loads_offline_from_its_needed_shards_only(
     assert torch.equal(adapter.visual_prompt(px), reference.visual_prompt(px))
     assert adapter.loaded_keys == reference.loaded_keys
     assert not attempts
+
+
+def test_a_t5_whose_table_is_stored_only_under_a_tied_alias_loads_and_a_missing_table_is_named(
+    tmp_path, tiny_cache, blip2_tiny
+):
+    import json
+
+    source = tiny.materialise("blip2-t5-tiny", tiny_cache)
+    t5 = ModelCard(name="blip2-t5-tiny", family="blip2", checkpoint=str(source))
+    reference = blip2_tiny("projected", card=t5)
+    shared, alias = "language_model.shared.weight", "language_model.encoder.embed_tokens.weight"
+    assert shared in reference.loaded_keys
+
+    def without_shared(directory: Path, rename: bool) -> Path:
+        shutil.copytree(source, directory)
+        index = json.loads((directory / loading.INDEX).read_text())
+        shard = directory / index["weight_map"].pop(shared)
+        with safe_open(str(shard), framework="pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(shard))
+        table = tensors.pop(shared)
+        if rename:
+            tensors[alias] = table
+            index["weight_map"][alias] = shard.name
+        save_file(tensors, str(shard), metadata=metadata)
+        (directory / loading.INDEX).write_text(json.dumps(index))
+        return directory
+
+    aliased = without_shared(tmp_path / "aliased", rename=True)
+    adapter = blip2_tiny("projected", card=ModelCard(name="aliased", family="blip2", checkpoint=str(aliased)))
+    assert alias in adapter.loaded_keys
+    texts = ["the red circle is left of the blue square"]
+    assert torch.equal(adapter.embed_text(texts)[0], reference.embed_text(texts)[0])
+
+    missing = without_shared(tmp_path / "missing", rename=False)
+    with pytest.raises(SpatialbenchError) as err:
+        Blip2Adapter.load(ModelCard(name="missing", family="blip2", checkpoint=str(missing)), cache_dir=tiny_cache)
+    assert shared in str(err.value) and alias in str(err.value)

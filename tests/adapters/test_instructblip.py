@@ -21,10 +21,10 @@ from spatialbench.adapters.instructblip import (
     EXTRACTION_PREFIXES,
     QFORMER_TOKENIZER,
     InstructBlipAdapter,
-    _embedding_key,
     _target_dtypes,
     shape_at,
 )
+from spatialbench.adapters.loading import input_embedding_key
 from spatialbench.adapters.tiny import materialise
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
@@ -435,7 +435,7 @@ def test_real_size_shapes_on_the_meta_device(repo):
 
     # what load() derives from the same weightless model: the embedding table and the float16 dtype plan
     weight_map = dict.fromkeys(model.state_dict(), "shard")
-    assert _embedding_key(model, weight_map) == EMBED_KEY[model_type]
+    assert input_embedding_key(config.text_config, "language_model.", weight_map) == EMBED_KEY[model_type]
     dtype_of = _target_dtypes(model, torch.float16)
     assert dtype_of("query_tokens") == torch.float32
     assert dtype_of("qformer.encoder.layer.0.attention.attention.query.weight") == torch.float16
