@@ -442,3 +442,25 @@ def test_real_size_shapes_on_the_meta_device(repo):
     word = "qformer.embeddings.word_embeddings.weight"
     assert dtype_of(word) == (torch.float32 if model_type == "t5" else torch.float16)
     assert _target_dtypes(model, torch.bfloat16)("query_tokens") == torch.bfloat16
+
+
+def test_a_checkpoint_that_stores_the_qformer_position_ids_loads(ib, dirs, tmp_path):
+    # Older InstructBLIP checkpoints store this (now non-persistent) buffer; from_pretrained drops it.
+    key = "qformer.embeddings.position_ids"
+    stored = tmp_path / "stored-position-ids"
+    shutil.copytree(dirs["llama"], stored)
+    index = json.loads((stored / loading.INDEX).read_text())
+    shard = stored / index["weight_map"]["qformer.embeddings.position_embeddings.weight"]
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(shard))
+    tensors[key] = torch.arange(tensors["qformer.embeddings.position_embeddings.weight"].shape[0])[None].contiguous()
+    save_file(tensors, str(shard), metadata=metadata)
+    index["weight_map"][key] = shard.name
+    (stored / loading.INDEX).write_text(json.dumps(index))
+
+    loaded = ib(card=ModelCard(name="stored", family="instructblip", checkpoint=str(stored)))
+    assert loaded.skipped_keys == [key]
+    px = loaded.preprocess(square_scenes(2))
+    texts = ["what is left of the red circle", "left"]
+    assert torch.equal(loaded.visual_prompt(px, texts), ib().visual_prompt(px, texts))
