@@ -426,6 +426,16 @@ def _isolated_offline_hub(tmp_path, monkeypatch) -> tuple[Path, list]:
     return hf_home / "hub", attempts
 
 
+def _snapshot(hub_cache: Path, repo_id: str, commit: str) -> Path:
+    """An empty snapshot of `repo_id` at `commit` in the Hub cache layout, with refs/main pointing at it."""
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
 def test_uncached_hub_checkpoint_offline_is_a_clear_error_without_network(tmp_path, tiny_cache, monkeypatch):
     _, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
 
@@ -445,11 +455,7 @@ def test_cached_hub_checkpoint_loads_offline_without_its_decoder_only_shards(
     """The Hub path: metadata from the cache, weight shards fetched lazily, and only those extraction needs."""
     hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
     commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = hub_cache / "models--someorg--blip2-cached"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = _snapshot(hub_cache, "someorg/blip2-cached", commit)
     weight_map = index_of(blip2_tiny_dir)
     needed = {weight_map[k] for k in blip2_tiny("projected").loaded_keys}
     assert needed < set(weight_map.values())
@@ -478,11 +484,7 @@ def test_offline_fix_names_a_cli_that_exists(tmp_path, tiny_cache, monkeypatch):
 def test_cached_metadata_without_weights_offline_is_a_clear_error(tmp_path, tiny_cache, blip2_tiny_dir, monkeypatch):
     hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = hub_cache / "models--someorg--blip2-meta-only"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = _snapshot(hub_cache, "someorg/blip2-meta-only", commit)
     for p in blip2_tiny_dir.glob("*.json"):  # what the metadata-only snapshot_download fetches
         shutil.copy(p, snapshot / p.name)
 
@@ -525,11 +527,7 @@ def test_a_bin_only_hub_checkpoint_loads_offline_from_its_needed_shards_only(
 
     hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
     commit = "fedcba9876543210fedcba9876543210fedcba98"
-    repo = hub_cache / "models--someorg--blip2-bin-only"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = _snapshot(hub_cache, "someorg/blip2-bin-only", commit)
     safetensors_map = index_of(blip2_tiny_dir)
     shards = sorted(set(safetensors_map.values()))
     renamed = {s: f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin" for i, s in enumerate(shards)}
