@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from contextlib import contextmanager
 from importlib import import_module
@@ -160,10 +161,21 @@ class Adapter(ABC):
 
 
 class CheckpointAdapter(Adapter):
-    """The common part of the dedicated adapters: a `checkpoint`, its `config`, the LLM's `embeddings`
-    table, and a module-level `shape_at(config, point)` named as `config_shape`."""
+    """The common part of the dedicated adapters: a `checkpoint`, its `config`, the `parts` of the model that
+    make the visual prompt, the LLM's `embeddings` table, and a module-level `shape_at(config, point)` named
+    as `config_shape`.
+
+    `load` is the one loading path. A family declares its parts (`parts_class`, built on the meta device from
+    the config), where they lie in the checkpoint (`prefixes`, less `strip` for the parts' own names), how its
+    checkpoint names map onto today's (`canonical`, for legacy layouts) and where the LLM's token embeddings
+    are (`lm_prefix`, or `embedding_key`). Only those tensors are read; parameters take the dtype
+    from_pretrained gives them (its _keep_in_fp32_modules plan for `hf_class`)."""
 
     config_shape: ClassVar[Callable[[object, str], tuple[int, int]]]
+    parts_class: ClassVar[Callable[[object], torch.nn.Module]]
+    prefixes: ClassVar[tuple[str, ...]] = ()
+    strip: ClassVar[str] = ""
+    lm_prefix: ClassVar[str] = "language_model."
 
     def __init__(self, card: ModelCard, checkpoint, parts: torch.nn.Module, embeddings: torch.nn.Module, tokenizer,
                  processor, point: str | None, device: str):
@@ -172,6 +184,91 @@ class CheckpointAdapter(Adapter):
         self.tokenizer, self.processor, self.device = tokenizer, processor, torch.device(device)
         self.dtype = DTYPES[card.dtype]
         self.config = None  # set by load(): shape_at reads it
+
+    @classmethod
+    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
+             trust_remote_code: bool = False) -> CheckpointAdapter:
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        from .loading import dtype_plan, materialise_module, resolve
+
+        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
+        config = AutoConfig.from_pretrained(ckpt.root)
+        cls.check_config(card, ckpt, config)
+        parts, wanted, skipped, table = cls.select(config, ckpt.weight_map)
+        dtype_of = dtype_plan(cls.runtime_class(card), config, DTYPES[card.dtype])
+        tensors = {wanted[k]: t.to(dtype_of(k)) if t.is_floating_point() else t
+                   for k, t in ckpt.load(lambda k: k in wanted).items()}
+        materialise_module(parts, {n: t for n, t in tensors.items() if n.startswith(cls.prefixes)}, cls.strip)
+        embeddings = cls.embedding_table(config, {n.removeprefix(table): t for n, t in tensors.items()
+                                                  if n.startswith(table)})
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.root)
+        if tokenizer.pad_token is None:  # embed_text pads; the mask hides the padding
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        adapter = cls(card, ckpt, parts, embeddings, tokenizer, AutoImageProcessor.from_pretrained(ckpt.root),
+                      point, device)
+        adapter.skipped_keys, adapter.loaded_keys, adapter.config = skipped, set(wanted), config
+        # requires_grad stays as from_pretrained leaves it (True): torch.matmul picks its kernel by it (see
+        # InstructBLIP's Q-Former), so the prompt is bit-equal to the model's; extraction runs under no_grad.
+        parts.to(device).eval()
+        embeddings.to(device).requires_grad_(False)
+        adapter.prepare()
+        return adapter
+
+    @classmethod
+    def select(cls, config, weight_map: dict[str, str]) -> tuple[torch.nn.Module, dict[str, str], list[str], str]:
+        """(the parts, weightless; checkpoint key -> name of every tensor to read; stored keys skipped; the
+        embedding table's name prefix), from the config and weight map alone: `download` fetches by it."""
+        from accelerate import init_empty_weights
+
+        # Parameters on meta; buffers real, as the modules compute them (checkpoints need not store them).
+        with init_empty_weights(include_buffers=False):
+            parts = cls.parts_class(copy.deepcopy(config))
+        known = {cls.strip + n for n in parts.state_dict()}
+        names = {k: n for k in weight_map if (n := cls.canonical(k, known))}  # checkpoint key -> today's name
+        embed = cls.embedding_key(config, {n: k for k, n in names.items()})
+        table = embed.removesuffix("weight")  # the table's module: IDEFICS's has a second, decoupled weight
+        transient = {n for n, _ in parts.named_buffers()} - set(parts.state_dict())  # non-persistent buffers
+        wanted = {k: n for k, n in names.items() if n.startswith((*cls.prefixes, table))}
+        # Stored copies of non-persistent buffers (older transformers saved them): from_pretrained drops them too.
+        skipped = sorted(k for k, n in wanted.items() if n.startswith(cls.prefixes) and n.removeprefix(cls.strip)
+                         in transient)
+        return parts, {k: n for k, n in wanted.items() if k not in skipped}, skipped, table
+
+    @classmethod
+    def check_config(cls, card: ModelCard, checkpoint, config) -> None:
+        """Refuse a checkpoint this family cannot read, before any weight is fetched."""
+
+    @classmethod
+    def canonical(cls, key: str, known: set[str]) -> str | None:
+        """A checkpoint key under today's name (legacy layouts differ; `known`: the parts' names, with `strip`),
+        or None for a key never read."""
+        return key
+
+    @classmethod
+    def embedding_key(cls, config, names: dict[str, str]) -> str:
+        """The (canonical) name of the LLM's input-embedding table; `names`: canonical -> checkpoint key."""
+        from .loading import input_embedding_key
+
+        return input_embedding_key(config.text_config, cls.lm_prefix, names)
+
+    @classmethod
+    def embedding_table(cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The token-embedding module from its tensors (named as in the table's module)."""
+        return torch.nn.Embedding.from_pretrained(tensors["weight"], freeze=True)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
+
+    def prepare(self) -> None:
+        """What a family reads besides the weights, tokenizer and image processor (InstructBLIP's Q-Former
+        tokenizer), and checks that need them."""
 
     def fingerprint(self) -> str:
         return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from PIL import Image
 
-from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, decoder_inputs, register_family
-from .loading import input_embedding_key, materialise_module, resolve
+from .base import CheckpointAdapter, decoder_inputs, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -54,50 +51,14 @@ class Blip2Adapter(CheckpointAdapter):
     hf_class = "Blip2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
     cached_as = {"projected": ("resampler", "parts.language_projection")}  # the projection runs per batch
-
-    @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> Blip2Adapter:
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
-        embed_key = input_embedding_key(config.text_config, "language_model.", ckpt.weight_map)
-        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
-        with torch.device("meta"):
-            parts = Blip2Parts(config)
-        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
-        dtype = DTYPES[card.dtype]
-        parts.vision_model.to(dtype)
-        parts.language_projection.to(dtype)
-        # As transformers does: under float16 the Q-Former and queries stay fp32 (_keep_in_fp32_modules);
-        # under bfloat16 they are cast like the rest.
-        resampler_dtype = torch.float32 if dtype == torch.float16 else dtype
-        parts.qformer.to(resampler_dtype)
-        parts.query_tokens.data = parts.query_tokens.data.to(resampler_dtype)
-        embeddings = nn.Embedding.from_pretrained(tensors[embed_key].to(dtype), freeze=True)
-        adapter = cls(card, ckpt, parts, embeddings,
-                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
-                      point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(tensors), config
-        parts.to(device).eval().requires_grad_(False)
-        embeddings.to(device)
-        return adapter
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+    parts_class = Blip2Parts
+    prefixes = EXTRACTION_PREFIXES
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.parts.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
 
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.resample(vision_features, project=self.point == "projected")
-
-    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         params = [self.parts.query_tokens, *self.parts.qformer.parameters()]

@@ -15,7 +15,6 @@ fingerprint still names the requested point. `vision_patches` is the vision towe
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from pathlib import Path
@@ -26,8 +25,8 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
-from .loading import materialise_module, resolve
+from .base import CheckpointAdapter, register_family
+from .loading import materialise_module
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.perceiver_resampler.")
@@ -61,14 +60,6 @@ def _parts_class():
     return IdeficsParts
 
 
-def _embedding_table(config) -> nn.Module:
-    from transformers.models.idefics.modeling_idefics import IdeficsDecoupledEmbedding
-
-    return IdeficsDecoupledEmbedding(num_embeddings=config.vocab_size, embedding_dim=config.hidden_size,
-                                     num_additional_embeddings=config.additional_vocab_size,
-                                     padding_idx=config.pad_token_id)
-
-
 def shape_at(config, point: str) -> tuple[int, int]:
     """Visual-prompt shape from an IdeficsConfig alone: (latents, vision width) or (patches + CLS, vision width)."""
     v = config.vision_config
@@ -81,34 +72,29 @@ def shape_at(config, point: str) -> tuple[int, int]:
 class IdeficsAdapter(CheckpointAdapter):
     hf_class = "IdeficsForVisionText2Text"
     config_shape = staticmethod(shape_at)
+    parts_class = staticmethod(lambda config: _parts_class()(config))
+    prefixes, strip = EXTRACTION_PREFIXES, "model."
 
     @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> IdeficsAdapter:
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
+    def check_config(cls, card: ModelCard, checkpoint, config) -> None:
         if not config.use_resampler:
             raise SpatialbenchError(f"checkpoint '{card.checkpoint}' has no Perceiver Resampler (use_resampler=false)",
                                     field="checkpoint", fix="the idefics family needs a checkpoint with use_resampler")
-        tensors = ckpt.load(lambda k: k.startswith((*EXTRACTION_PREFIXES, EMBED_PREFIX)))
+
+    @classmethod
+    def embedding_key(cls, config, names: dict[str, str]) -> str:
+        return EMBED_PREFIX + "weight"  # the LLM is the model itself: no text_config
+
+    @classmethod
+    def embedding_table(cls, config, tensors: dict[str, torch.Tensor]) -> nn.Module:
+        from transformers.models.idefics.modeling_idefics import IdeficsDecoupledEmbedding
+
         with torch.device("meta"):
-            parts = _parts_class()(copy.deepcopy(config))
-            embeddings = _embedding_table(config)
-        vision_embeddings = parts.vision_model.embeddings  # its position_ids buffer is not in the checkpoint
-        vision_embeddings.position_ids = torch.arange(vision_embeddings.num_positions).expand((1, -1))
-        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k.startswith(EXTRACTION_PREFIXES)}, "model.")
-        materialise_module(embeddings, tensors, EMBED_PREFIX)
-        dtype = DTYPES[card.dtype]  # IDEFICS keeps nothing in fp32: every module runs in the load dtype
-        parts.to(device, dtype).eval().requires_grad_(False)
-        embeddings.to(device, dtype).eval().requires_grad_(False)
-        adapter = cls(card, ckpt, parts, embeddings,
-                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
-                      point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(tensors), config
-        return adapter
+            table = IdeficsDecoupledEmbedding(num_embeddings=config.vocab_size, embedding_dim=config.hidden_size,
+                                              num_additional_embeddings=config.additional_vocab_size,
+                                              padding_idx=config.pad_token_id)
+        materialise_module(table, tensors)
+        return table.eval()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         # IdeficsProcessor copies these, one image per prompt, into pixel_values[:, 0].
@@ -121,11 +107,6 @@ class IdeficsAdapter(CheckpointAdapter):
 
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.perceiver_resampler(vision_features)  # resampler == projected: see the docstring
-
-    @torch.no_grad()
-    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         return list(self.parts.perceiver_resampler.parameters())  # no projection outside the LLM exists

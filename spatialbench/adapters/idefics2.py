@@ -31,9 +31,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import SpatialbenchError
-from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
-from .loading import materialise_module, resolve
+from .base import CheckpointAdapter, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
@@ -94,37 +92,15 @@ def shape_at(config, point: str) -> tuple[int, int]:
 class Idefics2Adapter(CheckpointAdapter):
     hf_class = "Idefics2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
+    parts_class = Idefics2Parts
+    prefixes, strip, lm_prefix = EXTRACTION_PREFIXES, "model.", "model.text_model."
 
-    @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> Idefics2Adapter:
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
-        embed_key = input_embedding_key(config.text_config)
-        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
-        with torch.device("meta"):
-            parts = Idefics2Parts(config)
-        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key}, prefix="model.")
-        dtype = DTYPES[card.dtype]
-        parts.to(dtype)  # Idefics2 keeps no module in fp32: everything follows the load dtype
-        embeddings = nn.Embedding.from_pretrained(tensors[embed_key].to(dtype), freeze=True)
-        processor = AutoImageProcessor.from_pretrained(ckpt.root)
-        size = processor.size
+    def prepare(self) -> None:
+        size, parts = self.processor.size, self.parts
         longest = max(size.get(k) or 0 for k in ("longest_edge", "height", "width")) // parts.patch
         if longest > parts.side:
             raise SpatialbenchError(f"the image processor's longest_edge gives {longest} patches a side, the vision "
                                     f"encoder has positions for {parts.side}", field="checkpoint")
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.root)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        adapter = cls(card, ckpt, parts, embeddings, tokenizer, processor, point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(tensors), config
-        parts.to(device).eval().requires_grad_(False)
-        embeddings.to(device)
-        return adapter
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         out = self.processor(images=[[im] for im in images], do_image_splitting=False, return_tensors="pt")
@@ -137,11 +113,6 @@ class Idefics2Adapter(CheckpointAdapter):
 
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.resample(vision_features)  # the same tensor at "resampler" and "projected"
-
-    @torch.no_grad()
-    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         # The modality projection comes before the perceiver, so it lies between features and prompt at both points.
@@ -168,16 +139,6 @@ class Idefics2Adapter(CheckpointAdapter):
                   pixel_attention_mask=pixel_values[:, None, 3].round().long())
         vision = on_fixed_grid(captured["vision"], captured["mask"], self.parts.side)
         return {"projected": captured["lm"][:, 1:q + 1], "resampler": captured["pr"], "vision_patches": vision}
-
-
-def input_embedding_key(text_config, prefix: str = "model.text_model.") -> str:
-    """Idefics2Model.text_model is an AutoModel (no LM head), so the table is `embed_tokens` under it."""
-    from transformers import AutoModel
-
-    with torch.device("meta"):
-        lm = AutoModel.from_config(text_config)
-    table = lm.get_input_embeddings()
-    return prefix + next(n for n, m in lm.named_modules() if m is table) + ".weight"
 
 
 def tiny_config(tokenizer, **text_overrides):

@@ -8,17 +8,15 @@ empty string, which the BERT tokenizer turns into `[CLS] [SEP]`, exactly what th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
-from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, decoder_inputs, register_family
-from .loading import Checkpoint, input_embedding_key, materialise_module, resolve
+from .base import CheckpointAdapter, decoder_inputs, register_family
+from .blip2 import shape_at  # the same config fields
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -53,25 +51,6 @@ class InstructBlipParts(nn.Module):
         return self.language_projection(out) if project else out
 
 
-def _target_dtypes(skeleton, dtype: torch.dtype):
-    """key -> dtype, as from_pretrained(dtype=...) assigns them (the _keep_in_fp32_modules plan)."""
-    keep = set(skeleton._keep_in_fp32_modules or ()) if dtype == torch.float16 else set()
-    if dtype in (torch.float16, torch.bfloat16):
-        keep |= set(skeleton._keep_in_fp32_modules_strict or ())
-    # Like transformers: unanchored search, so T5's "wo" also keeps qformer...word_embeddings in fp32 under fp16.
-    pattern = re.compile("|".join(k.replace("*", ".*") for k in sorted(keep))) if keep else None
-    return lambda key: torch.float32 if pattern is not None and pattern.search(key) else dtype
-
-
-def shape_at(config, point: str) -> tuple[int, int]:
-    """Visual-prompt shape from an InstructBlipConfig alone (no weights needed)."""
-    if point == "vision_patches":
-        v = config.vision_config
-        return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
-    width = config.text_config.hidden_size if point == "projected" else config.qformer_config.hidden_size
-    return (config.num_query_tokens, width)
-
-
 @register_family("instructblip")
 class InstructBlipAdapter(CheckpointAdapter):
     hf_class = "InstructBlipForConditionalGeneration"
@@ -79,53 +58,20 @@ class InstructBlipAdapter(CheckpointAdapter):
     cached_as = {"projected": ("resampler", "parts.language_projection")}  # the projection runs per batch
 
     reads_text = True
-
-    def __init__(self, card: ModelCard, checkpoint: Checkpoint, parts: InstructBlipParts, embeddings: nn.Embedding,
-                 tokenizer, qformer_tokenizer, processor, point: str | None, device: str):
-        super().__init__(card, checkpoint, parts, embeddings, tokenizer, processor, point, device)
-        self.qformer_tokenizer = qformer_tokenizer
+    parts_class = InstructBlipParts
+    prefixes = EXTRACTION_PREFIXES
 
     @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> InstructBlipAdapter:
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, InstructBlipForConditionalGeneration
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
-        if not (ckpt.root / QFORMER_TOKENIZER).is_dir():
+    def check_config(cls, card: ModelCard, checkpoint, config) -> None:
+        if not (checkpoint.root / QFORMER_TOKENIZER).is_dir():
             raise SpatialbenchError(
                 f"checkpoint '{card.checkpoint}' has no Q-Former tokenizer ({QFORMER_TOKENIZER}/ beside config.json)",
                 field="checkpoint", fix="save the checkpoint's processor with InstructBlipProcessor.save_pretrained")
-        with torch.device("meta"):  # weightless: names and dtype policy of the whole model, nothing allocated
-            skeleton = InstructBlipForConditionalGeneration(config)
-        embed_key = input_embedding_key(config.text_config, "language_model.", ckpt.weight_map)
-        dtype = DTYPES[card.dtype]
-        dtype_of = _target_dtypes(skeleton, dtype)
-        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == embed_key)
-        tensors = {k: v.to(dtype_of(k)) if v.is_floating_point() else v for k, v in tensors.items()}
-        with torch.device("meta"):
-            parts = InstructBlipParts(config)
-        # A non-persistent buffer (not in the checkpoint), set as InstructBlipPreTrainedModel._init_weights does.
-        parts.qformer.embeddings.position_ids = torch.arange(config.qformer_config.max_position_embeddings)[None]
-        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != embed_key})
-        embeddings = nn.Embedding.from_pretrained(tensors[embed_key], freeze=True)
-        qformer_tokenizer = AutoTokenizer.from_pretrained(ckpt.root / QFORMER_TOKENIZER)
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.root)
-        if tokenizer.pad_token is None:  # embed_text pads; the mask hides the padding
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        adapter = cls(card, ckpt, parts, embeddings, tokenizer, qformer_tokenizer,
-                      AutoImageProcessor.from_pretrained(ckpt.root), point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(tensors), config
-        # requires_grad stays as from_pretrained leaves it (True): torch.matmul picks its kernel by it for the
-        # non-contiguous text slice the Q-Former feeds its text feed-forward, which moves the prompt by ~1e-6.
-        parts.to(device).eval()
-        embeddings.to(device)
-        return adapter
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+    def prepare(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.qformer_tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.root / QFORMER_TOKENIZER)
 
     def instruction(self, text: list[str] | None, batch: int) -> dict[str, torch.Tensor]:
         """qformer_input_ids / qformer_attention_mask as InstructBlipProcessor(text=..., padding=True) makes them."""
@@ -144,11 +90,6 @@ class InstructBlipAdapter(CheckpointAdapter):
         ins = self.instruction(text, vision_features.shape[0])
         return self.parts.resample(vision_features, ins["qformer_input_ids"], ins["qformer_attention_mask"],
                                    project=self.point == "projected")
-
-    @torch.no_grad()
-    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         # The last Q-Former layer's text feed-forward (intermediate, output) only produces text states that

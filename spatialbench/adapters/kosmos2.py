@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
-from .loading import materialise_module, resolve
+from .base import CheckpointAdapter, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "image_to_text_projection.")
@@ -74,41 +72,21 @@ class Kosmos2Adapter(CheckpointAdapter):
 
     hf_class = "Kosmos2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
+    parts_class = Kosmos2Parts
+    prefixes = EXTRACTION_PREFIXES
 
     @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> Kosmos2Adapter:
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
+    def check_config(cls, card: ModelCard, checkpoint, config) -> None:
         if config.model_type != "kosmos-2":
             raise SpatialbenchError(f"checkpoint '{card.checkpoint}' is a '{config.model_type}' model, not Kosmos-2",
                                     field="family", fix="set the card's family to the checkpoint's family")
-        if EMBED_KEY not in ckpt.weight_map:
-            raise SpatialbenchError(f"checkpoint '{card.checkpoint}' has no '{EMBED_KEY}'", field="checkpoint",
-                                    fix="use a checkpoint saved by Kosmos2ForConditionalGeneration.save_pretrained")
-        tensors = ckpt.load(lambda k: k.startswith(EXTRACTION_PREFIXES) or k == EMBED_KEY)
-        with torch.device("meta"):
-            parts = Kosmos2Parts(config)
-        embeddings = parts.vision_model.model.embeddings  # its position_ids buffer is not saved: rebuild it
-        embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
-        skipped = materialise_module(parts, {k: v for k, v in tensors.items() if k != EMBED_KEY})
-        dtype = DTYPES[card.dtype]
-        parts.to(dtype)  # no _keep_in_fp32_modules in Kosmos-2: from_pretrained(dtype=...) casts every part
-        table = nn.Embedding.from_pretrained(tensors[EMBED_KEY].to(dtype), freeze=True)
-        adapter = cls(card, ckpt, parts, table,
-                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
-                      point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(tensors), config
-        parts.to(device).eval().requires_grad_(False)
-        table.to(device)
-        return adapter
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+    @classmethod
+    def embedding_key(cls, config, names: dict[str, str]) -> str:
+        if EMBED_KEY not in names:
+            raise SpatialbenchError(f"checkpoint has no '{EMBED_KEY}'", field="checkpoint",
+                                    fix="use a checkpoint saved by Kosmos2ForConditionalGeneration.save_pretrained")
+        return EMBED_KEY
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """normalize(post_layernorm(ViT last_hidden_state)): exactly what image_to_text_projection reads."""
@@ -150,6 +128,17 @@ class Kosmos2Adapter(CheckpointAdapter):
 
 @tiny_builder("kosmos2-tiny")
 def build_kosmos2_tiny(out: Path) -> None:
+    _build_tiny(out, IMAGE_SIZE, patch_size=8)
+
+
+@tiny_builder("kosmos2-224-tiny")
+def build_kosmos2_224_tiny(out: Path) -> None:
+    """At the released model's 224 px (patch 32 keeps it small): its processor's use_square_size resizes to the
+    class default 224 whatever the config says, so only at 224 does that path run as on the real model."""
+    _build_tiny(out, 224, patch_size=32)
+
+
+def _build_tiny(out: Path, image_size: int, patch_size: int) -> None:
     from tokenizers.processors import TemplateProcessing
     from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
 
@@ -159,11 +148,11 @@ def build_kosmos2_tiny(out: Path) -> None:
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)])
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     # The processor adds its tag tokens and num_patch_index_tokens location tokens (1024 in the real model).
     processor = Kosmos2Processor(image_processor, tokenizer, num_patch_index_tokens=16)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=IMAGE_SIZE, patch_size=8)
+                  image_size=image_size, patch_size=patch_size)
     text = dict(
         embed_dim=48, layers=2, ffn_dim=96, attention_heads=2, vocab_size=len(processor.tokenizer),
         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

@@ -23,13 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from ..errors import SpatialbenchError
-from ..specs import ModelCard
-from .base import DTYPES, CheckpointAdapter, register_family
-from .loading import input_embedding_key, materialise_module, resolve
+from .base import CheckpointAdapter, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 POINTS = ("projected", "vision_patches")
@@ -71,11 +68,6 @@ def _candidates(key: str) -> list[str]:
     return [key]
 
 
-def checkpoint_name(key: str, known: set[str]) -> str | None:
-    """The name a checkpoint key fills among `known` (LlavaParts names + the embedding table), or None."""
-    return next((c for c in _candidates(key) if c in known), None)
-
-
 def shape_at(config, point: str) -> tuple[int, int]:
     """Visual-prompt shape from a LlavaConfig alone (no weights needed)."""
     if point not in POINTS:
@@ -96,51 +88,19 @@ class LlavaAdapter(CheckpointAdapter):
     cached_as = {"projected": ("vision_patches", "parts.multi_modal_projector")}  # the projection runs per batch
 
     points = POINTS
+    parts_class = LlavaParts
+    prefixes = ("vision_tower.", "multi_modal_projector.")
 
     @classmethod
-    def load(cls, card: ModelCard, *, device: str = "cpu", cache_dir=None, point: str | None = None,
-             trust_remote_code: bool = False) -> LlavaAdapter:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        ckpt = resolve(card.checkpoint, card.revision, cache_dir)
-        config = AutoConfig.from_pretrained(ckpt.root)
-        # Parameters on meta, buffers (CLIP's non-persistent position_ids) real: the checkpoint fills the rest.
-        with init_empty_weights(include_buffers=False):
-            parts = LlavaParts(config)
-        embed_name = _candidates(input_embedding_key(config.text_config, "language_model.", None))[0]
-        known = set(parts.state_dict()) | {embed_name}
-        names = {k: n for k in ckpt.weight_map if (n := checkpoint_name(k, known)) is not None}
-        tensors = {names[k]: v for k, v in ckpt.load(lambda k: k in names).items()}
-        if embed_name not in tensors:
-            raise SpatialbenchError(f"checkpoint has no LLM input-embedding table ({embed_name})", field="checkpoint")
-        dtype = DTYPES[card.dtype]
-        embeddings = nn.Embedding.from_pretrained(tensors.pop(embed_name).to(dtype), freeze=True)
-        skipped = materialise_module(parts, tensors)
-        parts.to(dtype)  # as from_pretrained(dtype=...): LLaVA keeps no module in fp32
-        adapter = cls(card, ckpt, parts, embeddings,
-                      AutoTokenizer.from_pretrained(ckpt.root), AutoImageProcessor.from_pretrained(ckpt.root),
-                      point, device)
-        adapter.skipped_keys = skipped
-        adapter.loaded_keys, adapter.config = set(names), config
-        parts.to(device).eval().requires_grad_(False)
-        embeddings.to(device)
-        return adapter
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+    def canonical(cls, key: str, known: set[str]) -> str | None:
+        names = _candidates(key)
+        return next((n for n in names if n in known), names[0])
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.parts.select(pixel_values)
 
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.multi_modal_projector(vision_features) if self.point == "projected" else vision_features
-
-    @torch.no_grad()
-    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         """The projector (LLaVA's only trainable connector) at `projected`; nothing at `vision_patches`."""

@@ -7,9 +7,11 @@ and read those tensors alone (safe_open reads by offset), so decoder layers are 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -157,10 +159,11 @@ def _from_hub(repo_id: str, revision: str) -> Checkpoint:
     return Checkpoint(root, repo_id=repo_id, revision=revision)
 
 
-def input_embedding_key(text_config, prefix: str, weight_map: dict[str, str] | None) -> str:
+def input_embedding_key(text_config, prefix: str, names) -> str:
     """The checkpoint name of the LLM's input-embedding table, found on a weightless (meta) LLM: its own
-    name, or an embedding tied to it where only that is stored (a T5 saved with just
-    `encoder.embed_tokens.weight`). With no weight map, the table's own name."""
+    name with or without an LM head around the LLM (BLIP-2 stores a CausalLM, Idefics2 a bare model), or an
+    embedding tied to it where only that is stored (a T5 saved with just `encoder.embed_tokens.weight`).
+    With `names` None, the table's own name under a head."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with torch.device("meta"):
@@ -172,16 +175,33 @@ def input_embedding_key(text_config, prefix: str, weight_map: dict[str, str] | N
     key = next(f"{n}.weight" for n, m in lm.named_modules() if m is table)
     tied = [t for t, source in (getattr(lm, "all_tied_weights_keys", None) or {}).items()
             if source == key and isinstance(lm.get_submodule(t.rsplit(".", 1)[0]), torch.nn.Embedding)]
-    candidates = [prefix + k for k in (key, *tied)]
-    if weight_map is None:
+    bare = key.removeprefix(f"{lm.base_model_prefix}.")
+    candidates = list(dict.fromkeys(prefix + k for k in (key, bare, *tied)))
+    if names is None:
         return candidates[0]
-    found = next((k for k in candidates if k in weight_map), None)
+    found = next((k for k in candidates if k in names), None)
     if found is None:
         raise SpatialbenchError(
             f"checkpoint has no input-embedding table: none of {candidates} is in its weight map",
             field="checkpoint", fix="the LLM's token embeddings must be saved with the checkpoint (save_pretrained does)",
         )
     return found
+
+
+def dtype_plan(model_class: str, config, dtype: torch.dtype) -> Callable[[str], torch.dtype]:
+    """key -> dtype, as from_pretrained(dtype=...) of `model_class` assigns them: its _keep_in_fp32_modules
+    stay float32 under float16 (the strict ones under bfloat16 too), read off a weightless (meta) model."""
+    if dtype == torch.float32:
+        return lambda key: dtype
+    import transformers
+
+    with torch.device("meta"):
+        skeleton = getattr(transformers, model_class)(copy.deepcopy(config))
+    keep = set(skeleton._keep_in_fp32_modules or ()) if dtype == torch.float16 else set()
+    keep |= set(skeleton._keep_in_fp32_modules_strict or ())
+    # Like transformers: unanchored search, so T5's "wo" also keeps qformer...word_embeddings in fp32 under fp16.
+    pattern = re.compile("|".join(k.replace("*", ".*") for k in sorted(keep))) if keep else None
+    return lambda key: torch.float32 if pattern is not None and pattern.search(key) else dtype
 
 
 def materialise_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> list[str]:

@@ -21,10 +21,9 @@ from spatialbench.adapters.instructblip import (
     EXTRACTION_PREFIXES,
     QFORMER_TOKENIZER,
     InstructBlipAdapter,
-    _target_dtypes,
     shape_at,
 )
-from spatialbench.adapters.loading import input_embedding_key
+from spatialbench.adapters.loading import dtype_plan, input_embedding_key
 from spatialbench.adapters.tiny import materialise
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
@@ -436,12 +435,12 @@ def test_real_size_shapes_on_the_meta_device(repo):
     # what load() derives from the same weightless model: the embedding table and the float16 dtype plan
     weight_map = dict.fromkeys(model.state_dict(), "shard")
     assert input_embedding_key(config.text_config, "language_model.", weight_map) == EMBED_KEY[model_type]
-    dtype_of = _target_dtypes(model, torch.float16)
+    dtype_of = dtype_plan("InstructBlipForConditionalGeneration", config, torch.float16)
     assert dtype_of("query_tokens") == torch.float32
     assert dtype_of("qformer.encoder.layer.0.attention.attention.query.weight") == torch.float16
     word = "qformer.embeddings.word_embeddings.weight"
     assert dtype_of(word) == (torch.float32 if model_type == "t5" else torch.float16)
-    assert _target_dtypes(model, torch.bfloat16)("query_tokens") == torch.bfloat16
+    assert dtype_plan("InstructBlipForConditionalGeneration", config, torch.bfloat16)("query_tokens") == torch.bfloat16
 
 
 def test_a_checkpoint_that_stores_the_qformer_position_ids_loads(ib, dirs, tmp_path):
