@@ -184,13 +184,21 @@ def run_checks(card: ModelCard, *, device: str = "cpu", cache_dir: Path | None =
         adapters[point] = family.load(card, device=device, cache_dir=cache_dir, point=point,
                                       trust_remote_code=trust_remote_code)
     px = next(iter(adapters.values())).preprocess(probe_images())
-    checks = [_guarded(_equal_to_model, adapters, px)]
+    checks = [_guarded(_equal_to_model, adapters, px), _guarded(_checkpoint_read, next(iter(adapters.values())))]
     for point, adapter in adapters.items():
         for check in PER_POINT:
             result = _guarded(check, adapter, px)
             result.name = f"[{point}] {result.name}"
             checks.append(result)
     return checks
+
+
+def _checkpoint_read(adapter: Adapter) -> Check:
+    """What loading read and what it skipped (stored copies of non-persistent buffers, which from_pretrained
+    drops too): a checkpoint whose layout differs from the one the family was written for shows here."""
+    skipped = adapter.skipped_keys
+    detail = f"{len(adapter.loaded_keys)} tensors read" + (f"; skipped {skipped}" if skipped else "")
+    return Check("checkpoint tensors read", "pass", detail)
 
 
 def _guarded(check: Callable[..., Check], *args) -> Check:
