@@ -285,6 +285,41 @@ class Listing(str, Enum):
     groups = "groups"
 
 
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="model card name or a card's YAML path (its checkpoint: a Hub repo id)")],
+    dry_run: Annotated[bool, typer.Option(help="fetch only the metadata; list the weight files a run needs")] = False,
+) -> None:
+    """Fetch a Hub checkpoint's metadata and only the weight files extraction reads, so runs work offline after."""
+    from .adapters.download import fetch, plan_download
+    from .testing import resolve_card
+
+    try:
+        plan = plan_download(resolve_card(model))
+        table = Table("weight file", "size", "needed", title=f"{plan.repo} @ {plan.commit}")
+        for name, size in [*plan.needed.items(), *plan.not_needed.items()]:
+            table.add_row(name, _size(size), "yes" if name in plan.needed else "no")
+        out.print(table)
+        total = plan.total_bytes
+        share = f" of {_size(total)} ({plan.needed_bytes / total:.0%})" if total else " (repo total unknown offline)"
+        out.print(f"{len(plan.needed)} of {len(plan.needed) + len(plan.not_needed)} weight files, "
+                  f"{_size(plan.needed_bytes)}{share}")
+        if plan.revision != plan.commit:
+            out.print(f"pin it: revision: {plan.commit}  (the card has '{plan.revision}')")
+        if not dry_run:
+            fetch(plan, progress=lambda name: err.print(f"fetching {name}", highlight=False))
+            out.print("[green]done[/green]: runs of this card now work with HF_HUB_OFFLINE=1")
+    except SpatialbenchError as e:
+        _fail(e)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return next(f"{n / 1024 ** i:.1f} {unit}" for i, unit in reversed(list(enumerate(("B", "KiB", "MiB", "GiB", "TiB"))))
+                if n >= 1024 ** i or i == 0)
+
+
 @app.command("ls")
 def ls(
     what: Annotated[Listing, typer.Argument(help="tasks, models or groups")],
