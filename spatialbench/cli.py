@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import SpatialbenchError, ValidationErrors
-from .specs import BASELINES, ModelCard, RunConfig, TaskSpec
+from .specs import BASELINES, ModelCard, RunConfig, TaskSpec, unpinned
 
 app = typer.Typer(help="Probe whether a resampler's visual prompt keeps spatial information.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -364,18 +364,24 @@ def validate(
     from .yamlio import read_yaml
 
     problems: list[SpatialbenchError] = []
+    cards: dict[Path, ModelCard] = {}  # to warn on unpinned revisions
     checked = 0
     if not files:
         for registry in (TaskRegistry, ModelRegistry):
             try:
-                checked += len(registry().names())
+                loaded = registry()
+                checked += len(loaded.names())
+                if registry is ModelRegistry:
+                    cards.update({loaded.files[n]: loaded.get(n) for n in loaded.names()})
             except ValidationErrors as e:
                 problems += e.errors
     for path in files or []:
         try:
             kind = ModelCard if "family" in read_yaml(path) else TaskSpec
-            load_spec(path, kind)
+            spec = load_spec(path, kind)
             checked += 1
+            if kind is ModelCard:
+                cards[path] = spec
         except ValidationErrors as e:
             problems += e.errors
         except SpatialbenchError as e:
@@ -384,6 +390,11 @@ def validate(
         err.print(f"[red]✗[/red] {problem}", highlight=False)
     if problems:
         raise typer.Exit(1)
+    for path, card in cards.items():
+        if unpinned(card):
+            err.print(f"[yellow]![/yellow] {path}: revision: '{card.revision}' is a branch or tag of {card.checkpoint}: a "
+                      "result cannot be reproduced once the repo changes; fix: pin the commit `spatialbench download "
+                      f"{card.name} --dry-run` prints", highlight=False)
     out.print(f"[green]✓[/green] {checked} file(s) valid")
 
 

@@ -158,6 +158,8 @@ class RunResult(Strict):
     model: ModelCard
     checkpoint: str = Field(description="the resolved checkpoint fingerprint the features came from")
     point: str
+    geometry: str = Field("processor", description="how images were fit to the model's input before its processor "
+                          "(adapters/geometry.py): 'processor' alone, or 'pad_to_square' (LLaVA-1.5's own padding)")
     visual_prompt_shape: tuple[int, int]
     seeds: list[int]
     regimes: list[str] = Field(default_factory=lambda: ["frozen"])

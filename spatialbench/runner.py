@@ -118,7 +118,7 @@ class Runner:
                               self.resampler_mode)
         result = RunResult(
             git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
-            point=adapter.point, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
+            point=adapter.point, geometry=adapter.geometry, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
             regimes=config.regimes, baselines=config.baselines,
             resampler_lr=self.resampler_lr if "joint" in config.regimes else None, limit=config.limit,
             joint_training=JointTraining(resampler_lr=self.resampler_lr, resampler_mode=self.resampler_mode, mixed_precision=self.mixed_precision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -236,6 +237,12 @@ class ModelCard(Strict):
         "train", description="joint regime: the resampler's dropout on (train, as in fine-tuning) or off (eval)")
     options: dict[str, Any] = Field(default_factory=dict)
     declares: Declared | None = None
+
+
+def unpinned(card: ModelCard) -> bool:
+    """A Hub checkpoint at a branch or tag (`main`), not a commit: what it loads can change under the card."""
+    hub = not card.checkpoint.startswith("tiny:") and not Path(card.checkpoint).expanduser().is_dir()
+    return hub and re.fullmatch(r"[0-9a-f]{40}", card.revision) is None
 
 
 class RunConfig(Strict):

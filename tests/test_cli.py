@@ -56,6 +56,19 @@ def test_validate_with_no_files_checks_everything_shipped():
     assert result.exit_code == 0 and "valid" in result.output
 
 
+def test_validate_warns_on_a_hub_card_at_a_branch_and_not_on_a_pinned_or_built_one(tmp_path):
+    cards = {"branch": "checkpoint: org/model\nrevision: main\n",
+             "pinned": f"checkpoint: org/model\nrevision: {'a1' * 20}\n",
+             "built": "checkpoint: tiny:blip2-tiny\n"}
+    for name, body in cards.items():
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nfamily: blip2\n{body}")
+    result = cli.invoke(app, ["validate", *(str(tmp_path / f"{n}.yaml") for n in cards)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0  # a warning, not a failure
+    assert f"{tmp_path / 'branch.yaml'}: revision: 'main' is a branch" in result.output
+    assert "spatialbench download branch --dry-run" in result.output
+    assert "pinned.yaml" not in result.output and "built.yaml" not in result.output
+
+
 def test_unknown_model_and_task_fail_with_suggestions(tmp_path):
     result = cli.invoke(app, ["run", "--model", "blip2-tinny", "--output", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 2

@@ -19,4 +19,5 @@ def test_every_family_runs_the_synthetic_group(card, point, tmp_path):
     failed = {n: t.error for n, t in result.tasks.items() if t.status != "ok"}
     assert not failed
     assert result.point == (point or result.model.point)
+    assert result.geometry == ("pad_to_square" if card == "llava-tiny" else "processor")  # the mapping used, recorded
     assert result.extraction.extracted == result.extraction.prompts > 0

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
+from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES, geometry_of
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
@@ -51,6 +52,7 @@ class Adapter(ABC):
         self.skipped_keys: list[str] = []  # read but not used: stored copies of non-persistent buffers
         self.dtype = torch.float32
         self.device = torch.device("cpu")
+        self.geometry = geometry_of(card)  # how images are fit to the model's input (geometry.py)
 
     @classmethod
     def runtime_class(cls, card: ModelCard) -> str:
@@ -137,6 +139,15 @@ class Adapter(ABC):
                 seen.setdefault(id(p), p)
         return list(seen.values())
 
+    def fit(self, images: list[Image.Image]) -> list[Image.Image]:
+        """The images as the card's geometry hands them to the processor (`self.processor`, where there is one)."""
+        fit = GEOMETRIES[self.geometry]
+        return [fit(im, getattr(self, "processor", None)) for im in images]
+
+    def fit_key(self) -> str:
+        """The geometry's part of the fingerprint: none for the default, so caches written before it stay valid."""
+        return "" if self.geometry == DEFAULT_GEOMETRY else f"|{self.geometry}"
+
     @contextmanager
     def at_point(self, point: str):
         """Temporarily extract at another point (the vision-feature cache, the vision_patches baseline)."""
@@ -192,6 +203,7 @@ class CheckpointAdapter(Adapter):
 
         from .loading import dtype_plan, materialise_module, resolve
 
+        geometry_of(card)  # a bad option fails before any download
         ckpt = resolve(card.checkpoint, card.revision, cache_dir)
         config = AutoConfig.from_pretrained(ckpt.root)
         cls.check_config(card, ckpt, config)
@@ -258,7 +270,7 @@ class CheckpointAdapter(Adapter):
         return torch.nn.Embedding.from_pretrained(tensors["weight"], freeze=True)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=self.fit(images), return_tensors="pt")["pixel_values"]
         return pixels.to(self.device, self.dtype)
 
     @torch.no_grad()
@@ -271,7 +283,7 @@ class CheckpointAdapter(Adapter):
         tokenizer), and checks that need them."""
 
     def fingerprint(self) -> str:
-        return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+        return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}{self.fit_key()}"
 
     def shape_at(self, point: str) -> tuple[int, int]:
         return type(self).config_shape(self.config, point)

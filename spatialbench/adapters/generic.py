@@ -46,6 +46,7 @@ class GenericOptions(Strict):
     lm_module: str | None = None
     image_token_attr: str = "image_token_id"
     trust_remote_code: bool = False
+    geometry: str = "processor"  # checked by the adapter (geometry.py)
 
 
 def _model_class(name: str):
@@ -131,7 +132,7 @@ class GenericAdapter(Adapter):
             handle.remove()
 
     def preprocess(self, images) -> torch.Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        return self.processor(images=self.fit(images), return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _first(self._module(self.options.vision_module)(pixel_values=pixel_values))
@@ -161,7 +162,8 @@ class GenericAdapter(Adapter):
         return [p for n, p in self.model.named_parameters() if any(n == x or n.startswith(x + ".") for x in prefixes)]
 
     def fingerprint(self) -> str:
-        return f"generic|{self.options.model_class}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+        return (f"generic|{self.options.model_class}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}"
+                f"{self.fit_key()}")
 
     def shape_at(self, point: str) -> tuple[int, int]:
         if point not in self._shapes:  # measured once on a blank image: the card declares no sizes

@@ -98,7 +98,7 @@ class IdeficsAdapter(CheckpointAdapter):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         # IdeficsProcessor copies these, one image per prompt, into pixel_values[:, 0].
-        pixels = self.processor(images=images, return_tensors="pt")
+        pixels = self.processor(images=self.fit(images), return_tensors="pt")
         pixels = pixels["pixel_values"] if not isinstance(pixels, torch.Tensor) else pixels
         return pixels.to(self.device, self.dtype)
 

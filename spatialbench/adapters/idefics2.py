@@ -103,7 +103,7 @@ class Idefics2Adapter(CheckpointAdapter):
                                     f"encoder has positions for {parts.side}", field="checkpoint")
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.processor(images=[[im] for im in images], do_image_splitting=False, return_tensors="pt")
+        out = self.processor(images=[[im] for im in self.fit(images)], do_image_splitting=False, return_tensors="pt")
         pixels = out["pixel_values"][:, 0]
         mask = out["pixel_attention_mask"][:, 0] if "pixel_attention_mask" in out else torch.ones_like(pixels[:, 0])
         return torch.cat([pixels, mask[:, None].to(pixels.dtype)], dim=1).to(self.device, self.dtype)
