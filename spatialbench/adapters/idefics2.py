@@ -9,11 +9,14 @@ also cover Idefics2; their `resampler_parameters()` are the same too: everything
 features and the prompt, i.e. the modality projection *and* the perceiver. `vision_patches` is the
 vision encoder's last hidden state (post layernorm), as the connector reads it.
 
-Images. Image splitting is always off (one visual prompt per image, whatever the saved processor
-config says). The processor resizes keeping the aspect ratio, pads the batch to its largest image and
+Images. Image splitting is off by default, whatever the saved processor config says: one view, 64 latents per
+image. Idefics2-8b's own default input splits each image into four quarter crops plus the whole image, each
+resampled to 64 latents: the card option `image_splitting: true` gives that (5 x 64 = 320 latents, views in
+the processor's order, the whole image last), at 5x the vision-encoder work and 5x the vision-feature cache
+(5 x 4900 x 1152 per image for idefics2-8b), with 5x the prompt tokens. The processor resizes keeping the aspect ratio, pads the batch to its largest image and
 returns `pixel_attention_mask`; the model turns that into a patch mask for the vision encoder and the
-perceiver. So `preprocess` returns [B, 4, H, W]: the three normalised channels and, as a fourth, the
-processor's pixel mask. `vision_features` returns the patches on a fixed S x S grid (S = image_size /
+perceiver. So `preprocess` returns [B, views x 4, H, W]: per view the three normalised channels and, as a
+fourth, the processor's pixel mask. `vision_features` returns the patches on a fixed S x S grid (S = image_size /
 patch_size: 70 for idefics2-8b), each image's real patches at its top-left and zeros elsewhere, so one
 image's features never depend on the batch it came in; `resample` reads the patch mask back from the
 zero rows (a real post-layernorm patch is never exactly zero), crops the grid to the one the model
@@ -35,6 +38,7 @@ from .base import CheckpointAdapter, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
+SPLIT_VIEWS = 5  # with image splitting the processor gives four quarter crops, then the whole image
 
 
 class Idefics2Parts(nn.Module):
@@ -48,6 +52,7 @@ class Idefics2Parts(nn.Module):
         self.connector = Idefics2Connector(config)
         self.side = config.vision_config.image_size // config.vision_config.patch_size
         self.patch = config.vision_config.patch_size
+        self.hidden = config.vision_config.hidden_size
 
     def vision_features(self, packed: torch.Tensor) -> torch.Tensor:
         # Mirrors Idefics2Model.get_image_features up to the vision encoder (one image per sample).
@@ -101,18 +106,37 @@ class Idefics2Adapter(CheckpointAdapter):
         if longest > parts.side:
             raise SpatialbenchError(f"the image processor's longest_edge gives {longest} patches a side, the vision "
                                     f"encoder has positions for {parts.side}", field="checkpoint")
+        splitting = self.card.options.get("image_splitting", False)
+        if not isinstance(splitting, bool):
+            raise SpatialbenchError(f"model card '{self.card.name}': options.image_splitting is {splitting!r}",
+                                    field="options.image_splitting", fix="true or false")
+        self.views = SPLIT_VIEWS if splitting else 1
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        tokens, width = shape_at(self.config, point)
+        return (tokens * self.views, width)  # one block per view, in the processor's order
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() + ("|split" if self.views > 1 else "")
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.processor(images=[[im] for im in self.fit(images)], do_image_splitting=False, return_tensors="pt")
-        pixels = out["pixel_values"][:, 0]
-        mask = out["pixel_attention_mask"][:, 0] if "pixel_attention_mask" in out else torch.ones_like(pixels[:, 0])
-        return torch.cat([pixels, mask[:, None].to(pixels.dtype)], dim=1).to(self.device, self.dtype)
+        out = self.processor(images=[[im] for im in self.fit(images)], do_image_splitting=self.views > 1,
+                             return_tensors="pt")
+        pixels = out["pixel_values"]  # [B, views, 3, H, W]
+        mask = out["pixel_attention_mask"] if "pixel_attention_mask" in out else torch.ones_like(pixels[:, :, 0])
+        packed = torch.cat([pixels, mask[:, :, None].to(pixels.dtype)], dim=2)
+        return packed.flatten(1, 2).to(self.device, self.dtype)  # [B, views * 4, H, W]
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.parts.vision_features(pixel_values)
+        b, _, h, w = pixel_values.shape
+        features = self.parts.vision_features(pixel_values.reshape(b * self.views, 4, h, w))
+        return features.reshape(b, -1, features.shape[-1])
 
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
-        return self.parts.resample(vision_features)  # the same tensor at "resampler" and "projected"
+        b, _, d = vision_features.shape
+        # The model resamples every view of the batch together, each into its own block of latents.
+        prompt = self.parts.resample(vision_features.reshape(b * self.views, -1, d))
+        return prompt.reshape(b, -1, prompt.shape[-1])  # the same tensor at "resampler" and "projected"
 
     def resampler_parameters(self) -> list[nn.Parameter]:
         # The modality projection comes before the perceiver, so it lies between features and prompt at both points.
@@ -130,15 +154,16 @@ class Idefics2Adapter(CheckpointAdapter):
         inner.vision_model.register_forward_hook(
             lambda m, a, kw, out: captured.update(vision=out.last_hidden_state, mask=kw["patch_attention_mask"]),
             with_kwargs=True)
-        q = model.config.perceiver_config.resampler_n_latents
+        q, b, v = model.config.perceiver_config.resampler_n_latents, pixel_values.shape[0], self.views
         fake = self.tokenizer.convert_tokens_to_ids("<fake_token_around_image>")
-        ids = torch.full((pixel_values.shape[0], q + 3), model.config.image_token_id, device=self.device)
-        ids[:, 0], ids[:, q + 1], ids[:, q + 2] = fake, fake, self.tokenizer.eos_token_id
+        block = [fake, *[model.config.image_token_id] * q]  # each view's latents, between fake tokens
+        ids = torch.tensor([block * v + [fake, self.tokenizer.eos_token_id]] * b, device=self.device)
+        views = pixel_values.reshape(b, v, 4, *pixel_values.shape[-2:])
         with torch.no_grad():
-            model(input_ids=ids, pixel_values=pixel_values[:, None, :3],
-                  pixel_attention_mask=pixel_values[:, None, 3].round().long())
-        vision = on_fixed_grid(captured["vision"], captured["mask"], self.parts.side)
-        return {"projected": captured["lm"][:, 1:q + 1], "resampler": captured["pr"], "vision_patches": vision}
+            model(input_ids=ids, pixel_values=views[:, :, :3], pixel_attention_mask=views[:, :, 3].round().long())
+        vision = on_fixed_grid(captured["vision"], captured["mask"], self.parts.side).reshape(b, -1, self.parts.hidden)
+        lm = captured["lm"][ids == model.config.image_token_id].reshape(b, v * q, -1)
+        return {"projected": lm, "resampler": captured["pr"].reshape(b, v * q, -1), "vision_patches": vision}
 
 
 def tiny_config(tokenizer, **text_overrides):

@@ -28,6 +28,7 @@ from spatialbench.adapters.idefics2 import (
     tiny_processor,
 )
 from spatialbench.adapters.tiny import materialise
+from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
 
 from .helpers import TEXTS, RecordingHandle, index_of, mixed_images, noise_image, shapes_image, square_scenes
@@ -434,3 +435,37 @@ def test_peak_memory_of_a_load_stays_far_below_the_llm(memory_probe, tmp_path):
         shards.setdefault(shard, set()).add(key)
     decoder_only = {s for s, keys in shards.items() if all(k.startswith(DECODER) for k in keys)}
     assert len(decoder_only) >= 8 and not decoder_only & set(r["mapped"])
+
+
+# ------------------------------------------------------------------------------------ image splitting
+
+SPLIT = CARD.model_copy(update={"name": "idefics2-tiny-split", "options": {"image_splitting": True}})
+
+
+def test_image_splitting_gives_five_views_of_latents_exactly_as_the_model_reads_them(tiny_cache):
+    from spatialbench.testing import run_checks
+
+    checks = run_checks(SPLIT, cache_dir=tiny_cache)
+    assert not [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
+    assert next(c for c in checks if c.name.startswith("prompt equals")).status == "pass"
+
+
+def test_image_splitting_shapes_cost_and_the_whole_image_last(idefics2, tiny_cache):
+    split = Idefics2Adapter.load(SPLIT, cache_dir=tiny_cache)
+    one = idefics2()
+    images = [shapes_image((150, 97), 4), noise_image((80, 80), 0)]
+    assert split.shape_at("projected") == (5 * 8, 48) and split.shape_at("vision_patches") == (5 * 64, 32)
+    prompt = split.visual_prompt(split.preprocess(images))
+    assert prompt.shape == (2, 40, 48)
+    # The fifth view is the whole image, resized as without splitting: its latents are the unsplit prompt
+    # (up to the batch's padding, which the masks hide).
+    torch.testing.assert_close(prompt[:, 32:], one.visual_prompt(one.preprocess(images)), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(prompt[:, :8], prompt[:, 32:], atol=1e-3)  # a crop is not the whole image
+    assert split.fingerprint() != one.fingerprint()  # cached features follow the option
+
+
+def test_image_splitting_must_be_a_boolean(tiny_cache):
+    card = CARD.model_copy(update={"options": {"image_splitting": "yes"}})
+    with pytest.raises(SpatialbenchError) as err:
+        Idefics2Adapter.load(card, cache_dir=tiny_cache)
+    assert err.value.field == "options.image_splitting"
