@@ -87,9 +87,10 @@ REPLICAS = {
 }
 
 
-def install(name: str, hub_cache: Path, tiny_cache: Path) -> Path:
-    """Build card `name`'s replica into the Hub cache `hub_cache`; returns its snapshot directory."""
-    replica = REPLICAS[name]
+def install(name: str, hub_cache: Path, tiny_cache: Path, replica: Replica | None = None) -> Path:
+    """Build card `name`'s replica (or `replica` under its repo id) into the Hub cache `hub_cache`; returns its
+    snapshot directory."""
+    replica = replica or REPLICAS[name]
     source = materialise(replica.tiny, tiny_cache)
     repo = hub_cache / ("models--" + replica.repo.replace("/", "--"))
     snapshot = repo / "snapshots" / COMMIT

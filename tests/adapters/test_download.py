@@ -1,5 +1,6 @@
 """`spatialbench download`: metadata and only the weight files extraction reads, from a card's Hub repo."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 
 from .helpers import square_scenes
-from .replicas import install, weight_files
+from .replicas import REPLICAS, install, weight_files
 from .test_blip2 import _isolated_offline_hub
 
 CARD = "idefics-80b"  # 17 weight files, the decoder's in most of them
@@ -71,3 +72,17 @@ def test_a_needed_file_that_cannot_be_fetched_is_named(snapshot):
 def test_a_card_whose_checkpoint_is_not_a_hub_repo_says_so():
     with pytest.raises(SpatialbenchError, match="not a Hub repo"):
         plan_download(ModelRegistry().get("blip2-tiny"))
+
+
+def test_a_bin_only_repo_is_planned_from_its_pytorch_index(tmp_path, monkeypatch, tiny_cache):
+    # Many fine-tuned checkpoints ship only pytorch_model-*.bin: the same selection, read from their index.
+    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    snapshot = install("blip2", hub_cache, tiny_cache, dataclasses.replace(REPLICAS["blip2"], files=4, weights="bin"))
+    assert (snapshot / loading.BIN_INDEX).is_file() and not (snapshot / loading.INDEX).is_file()
+    card = ModelRegistry().get("blip2")
+    plan = plan_download(card)
+    adapter = get_family(card.family).load(card, cache_dir=tiny_cache)
+    weight_map = json.loads((snapshot / loading.BIN_INDEX).read_text())["weight_map"]
+    assert set(plan.needed) == {weight_map[k] for k in adapter.loaded_keys} and plan.not_needed
+    assert all(f.endswith(".bin") for f in [*plan.needed, *plan.not_needed])
+    assert not attempts
