@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from rich.console import Console
 
-from . import __version__
+from . import __version__, merge
 from .adapters.base import Adapter, check_declared, get_family
 from .adapters.loading import default_cache_dir
 from .data.examples import TaskData
@@ -126,6 +126,9 @@ class Runner:
             mixed_precision=self.mixed_precision, data_seed=config.data_seed,
             limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
         )
+        # An earlier run's results in this output are kept and added to, or the run is refused (merge.py).
+        before = merge.previous(self.results_path, result)
+        merge.start(result, before, {t.name for t in self.tasks})
         loaded: dict[str, tuple[TaskData, float]] = {}
         for task in self.tasks:
             start = time.perf_counter()
@@ -153,7 +156,8 @@ class Runner:
                 continue
             data, load_seconds = loaded[task.name]
             try:
-                result.tasks[task.name] = self._probe(task, data, store, vision, adapter, load_seconds)
+                result.tasks[task.name] = merge.task(self._probe(task, data, store, vision, adapter, load_seconds),
+                                                     before)
             except Exception as e:
                 result.tasks[task.name] = self._failed(task, e)
             adjust_holm(result)

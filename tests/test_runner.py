@@ -85,3 +85,38 @@ def test_a_data_seed_draws_other_scenes_and_is_recorded(small_tasks, tmp_path):
     assert a.dataset_fingerprint != b.dataset_fingerprint and a.version == b.version
     assert other.extraction.extracted == other.extraction.images  # new images, none from the first run's cache
     assert b.test_images_in_train == 0.0 and "image" not in b.by_group  # synthetic splits share no image
+
+
+def test_a_rerun_with_other_tasks_adds_to_the_results_and_drops_nothing(small_tasks, tmp_path):
+    out = tmp_path / "out"
+    runner, first = _run(small_tasks, out, tasks="small_relation", seeds=1, baselines=["blind"])
+    _, second = _run(small_tasks, out, tasks="small_vsr", seeds=1)  # other task, no baselines this time
+    on_disk = read_results(runner.results_path)
+    assert set(on_disk.tasks) == {"small_relation", "small_vsr"}
+    assert on_disk.tasks["small_relation"] == first.tasks["small_relation"]  # carried as it was
+    assert on_disk.baselines == ["blind"]  # what the file's numbers include
+    for task in on_disk.tasks.values():
+        assert (runner.out_dir / task.predictions_file).is_file()
+
+
+def test_a_rerun_with_other_conditions_keeps_the_earlier_ones(small_tasks, tmp_path):
+    out = tmp_path / "out"
+    runner, first = _run(small_tasks, out, tasks="small_relation", seeds=1, baselines=["blind"])
+    _, second = _run(small_tasks, out, tasks="small_relation", seeds=1, baselines=["oracle"])
+    conditions = read_results(runner.results_path).tasks["small_relation"].conditions
+    assert {"frozen", "blind", "oracle"} <= set(conditions)
+    assert conditions["blind"] == first.tasks["small_relation"].conditions["blind"]
+
+
+def test_a_rerun_whose_numbers_are_not_comparable_is_refused_and_the_file_kept(small_tasks, tmp_path):
+    import pytest
+
+    from spatialbench.errors import SpatialbenchError
+
+    out = tmp_path / "out"
+    runner, _ = _run(small_tasks, out, tasks="small_relation", seeds=1)
+    before = runner.results_path.read_bytes()
+    with pytest.raises(SpatialbenchError) as err:
+        _run(small_tasks, out, tasks="small_vsr", seeds=2)
+    assert "seeds: [0] there, [0, 1] now" in str(err.value) and "--output" in err.value.fix
+    assert runner.results_path.read_bytes() == before
