@@ -71,6 +71,17 @@ def adjust_holm(result: RunResult) -> None:
         c.p_holm = p
 
 
+def writable_output(output: Path, out_dir: Path) -> None:
+    """Fail before any work when results could not be written (a file given as --output, no permission)."""
+    fix = "give --output a directory (created if missing): results go to OUTPUT/<model>/results.json"
+    if output.exists() and not output.is_dir():
+        raise SpatialbenchError(f"--output {output} is a file, not a directory", field="--output", fix=fix)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpatialbenchError(f"cannot create {out_dir}: {e.strerror}", field="--output", fix=fix) from None
+
+
 class Runner:
     def __init__(self, config: RunConfig, reporter: Reporter | None = None):
         self.config, self.reporter = config, reporter or Reporter()
@@ -85,6 +96,7 @@ class Runner:
         self.seeds = list(range(config.seeds))
         self.out_dir = Path(config.output) / self.card.name
         self.results_path = self.out_dir / "results.json"
+        writable_output(Path(config.output), self.out_dir)
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
         self.resampler_lr = config.resampler_lr or self.card.resampler_lr  # a grid
         self.resampler_mode = config.resampler_mode or self.card.resampler_mode

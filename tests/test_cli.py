@@ -150,3 +150,14 @@ def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp
     built = tmp_path / "cache" / "tiny"
     assert {p.name.rsplit("-v", 1)[0] for p in built.iterdir()} == {"testbed-vision", "blip2-pretrained"}
     assert "How to read it" in result.output and "blip2-pretrained-spatial" in result.output
+
+
+def test_an_output_that_is_a_file_is_a_clear_error_before_any_work(tmp_path):
+    outfile = tmp_path / "outfile.txt"
+    outfile.write_text("notes")
+    result = cli.invoke(app, ["run", "--model", "blip2-tiny", "--tasks", "synth_relation", "--output", str(outfile),
+                              "--cache-dir", str(tmp_path / "cache")], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert f"--output {outfile} is a file" in result.output and "OUTPUT/<model>/results.json" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "cache").exists()  # refused before loading anything
