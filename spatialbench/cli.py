@@ -357,31 +357,42 @@ def ls(
 
 @app.command()
 def validate(
-    files: Annotated[Optional[list[Path]], typer.Argument(help="task YAMLs or model cards [default: all built-in]")] = None,
+    files: Annotated[Optional[list[Path]], typer.Argument(help="task YAMLs, model cards or directories of them "
+                                                          "[default: all built-in]")] = None,
 ) -> None:
     """Check task YAMLs and model cards; every problem is reported as file: field: what was wrong."""
-    from .registry import ModelRegistry, TaskRegistry, load_spec
+    from .adapters.base import check_card
+    from .registry import ModelRegistry, TaskRegistry, load_spec, yaml_files
     from .yamlio import read_yaml
 
     problems: list[SpatialbenchError] = []
-    cards: dict[Path, ModelCard] = {}  # to warn on unpinned revisions
+    cards: dict[Path, ModelCard] = {}  # checked once parsed: family, options, pinned revision
     checked = 0
     if not files:
         for registry in (TaskRegistry, ModelRegistry):
             try:
                 loaded = registry()
+                loaded.check()
                 checked += len(loaded.names())
                 if registry is ModelRegistry:
                     cards.update({loaded.files[n]: loaded.get(n) for n in loaded.names()})
             except ValidationErrors as e:
                 problems += e.errors
-    for path in files or []:
+    paths = [f for path in files or [] for f in (yaml_files([path]) if path.is_dir() else [path])]
+    for path in paths:
         try:
             kind = ModelCard if "family" in read_yaml(path) else TaskSpec
             spec = load_spec(path, kind)
             checked += 1
             if kind is ModelCard:
                 cards[path] = spec
+        except ValidationErrors as e:
+            problems += e.errors
+        except SpatialbenchError as e:
+            problems.append(e)
+    for path, card in cards.items():  # what a run would refuse: an unknown family, options it does not take
+        try:
+            check_card(card, str(path))
         except ValidationErrors as e:
             problems += e.errors
         except SpatialbenchError as e:

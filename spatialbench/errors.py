@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import difflib
+from typing import get_args
+
+from pydantic import BaseModel, ValidationError
 
 
 class SpatialbenchError(Exception):
@@ -37,18 +40,42 @@ class ValidationErrors(SpatialbenchError):
         return self.message
 
 
-def from_validation_error(err: ValidationError, file: str, root: str = "") -> ValidationErrors:
-    """One SpatialbenchError per pydantic error, each naming the dotted field path."""
+def from_validation_error(err: ValidationError, file: str, root: str = "", model=None) -> ValidationErrors:
+    """One SpatialbenchError per pydantic error, each naming the dotted field path; an unknown key lists the
+    keys allowed there (read off `model`, the pydantic model validated)."""
     out = []
     for e in err.errors():
         loc = ".".join(_clip(str(p)) for p in (root, *e["loc"]) if p != "")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `spatialbench validate` lists the allowed keys)"
+            allowed = _keys_at(model, e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed or [], n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]}?)" if close else "") + (
+                f"; allowed here: {', '.join(allowed)}" if allowed else " (check the spelling)")
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {_short_repr(e['input'])})"
         out.append(SpatialbenchError(msg, file=file, field=loc or "(top level)"))
     return ValidationErrors(file, out)
+
+
+def _keys_at(model, loc: tuple) -> list[str] | None:
+    """The field names of the pydantic model found at `loc` inside `model`, through lists, dicts and unions."""
+    candidates = [model] if isinstance(model, type) and issubclass(model, BaseModel) else []
+    for part in loc:
+        here = next((m for m in candidates if part in m.model_fields), None)
+        if here is not None:
+            candidates = _models_in(here.model_fields[part].annotation)
+        elif len(candidates) > 1:  # a union's tag (pydantic names the member it tried): the member that has it
+            tagged = [m for m in candidates if any(part in get_args(f.annotation) for f in m.model_fields.values())]
+            candidates = tagged or candidates
+        # else: a list index or dict key: the same model goes on
+    return sorted(candidates[0].model_fields) if len(candidates) == 1 else None
+
+
+def _models_in(annotation) -> list:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def _short_repr(value: object) -> str:

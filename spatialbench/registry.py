@@ -37,7 +37,7 @@ def load_spec(path: Path, model: type[T]) -> T:
     try:
         spec = model.model_validate(data)
     except ValidationError as e:
-        raise from_validation_error(e, str(path)) from None
+        raise from_validation_error(e, str(path), model=model) from None
     _FILES[id(spec)] = (spec, Path(path))  # the spec is kept alive, so its id is never reused
     return spec
 
@@ -48,7 +48,7 @@ def spec_file(spec: BaseModel) -> Path | None:
     return entry[1] if entry is not None and entry[0] is spec else None
 
 
-def _yaml_files(dirs: list[Path]) -> list[Path]:
+def yaml_files(dirs: list[Path]) -> list[Path]:
     files = []
     for d in dirs:
         if not d.exists():
@@ -72,7 +72,7 @@ class _Registry:
         self.items: dict = {}
         self.files: dict[str, Path] = {}
         errors: list[SpatialbenchError] = []
-        for path in _yaml_files(dirs):
+        for path in yaml_files(dirs):
             try:
                 spec = load_spec(path, self.model)
             except ValidationErrors as e:
@@ -87,15 +87,25 @@ class _Registry:
                     field="name"))
                 continue
             self.items[spec.name], self.files[spec.name] = spec, path
-        if errors:
-            raise ValidationErrors("", errors)
+        # A bad file is left out and named, not fatal: the other files of its directory still load.
+        self.errors = errors
+
+    def check(self) -> None:
+        """Raise every file's problem together (`validate`); loading alone leaves bad files out."""
+        if self.errors:
+            raise ValidationErrors("", self.errors)
+
+    def left_out(self) -> str:
+        """Why a name may be missing: the files that failed to load, for an unknown-name message."""
+        files = sorted({e.file for e in self.errors if e.file})
+        return f" ({len(files)} file(s) failed to load: {', '.join(files)}; `spatialbench validate` them)" if files else ""
 
     def names(self) -> list[str]:
         return sorted(self.items)
 
     def get(self, name: str):
         if name not in self.items:
-            raise unknown_name(self.kind, name, self.names())
+            raise unknown_name(self.kind, name, self.names(), self.left_out())
         return self.items[name]
 
 
@@ -124,7 +134,8 @@ class TaskRegistry(_Registry):
             elif part in self.items:
                 names = [part]
             else:
-                raise unknown_name("task", part, [*self.names(), *groups, "all"], " (neither a task nor a group)")
+                raise unknown_name("task", part, [*self.names(), *groups, "all"],
+                                   " (neither a task nor a group)" + self.left_out())
             chosen.update(dict.fromkeys(names))
         if not chosen:
             raise SpatialbenchError("no tasks selected", field="--tasks", fix="pass --tasks all, a group or names")

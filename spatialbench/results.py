@@ -190,7 +190,7 @@ def read_results(path: Path) -> RunResult:
     try:
         return RunResult.model_validate(data)
     except ValidationError as e:
-        raise from_validation_error(e, str(path)) from None
+        raise from_validation_error(e, str(path), model=RunResult) from None
 
 
 def git_hash(root: Path | None = None) -> str | None:

@@ -85,7 +85,10 @@ def writable_output(output: Path, out_dir: Path) -> None:
 class Runner:
     def __init__(self, config: RunConfig, reporter: Reporter | None = None):
         self.config, self.reporter = config, reporter or Reporter()
-        self.tasks = TaskRegistry(config.include_paths).resolve(config.tasks)
+        registry = TaskRegistry(config.include_paths)
+        self.tasks = registry.resolve(config.tasks)
+        for error in registry.errors:  # left out, not fatal: the run's own tasks loaded
+            self.reporter.info(f"[yellow]left out:[/yellow] {error}")
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
         self.mixed_precision = resolve_precision(config.mixed_precision, device)

@@ -161,3 +161,20 @@ def test_an_output_that_is_a_file_is_a_clear_error_before_any_work(tmp_path):
     assert f"--output {outfile} is a file" in result.output and "OUTPUT/<model>/results.json" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "cache").exists()  # refused before loading anything
+
+
+def test_validate_refuses_an_unknown_family_and_options_it_does_not_take_and_reads_a_directory(tmp_path):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "family.yaml").write_text("name: a\nfamily: blip-2\ncheckpoint: tiny:blip2-tiny\n")
+    (cards / "option.yaml").write_text("name: b\nfamily: instructblip\ncheckpoint: tiny:instructblip-tiny\n"
+                                       "options: {text_conditionning: false}\n")
+    (cards / "fine.yaml").write_text("name: c\nfamily: idefics2\ncheckpoint: tiny:idefics2-tiny\n"
+                                     "options: {image_splitting: true}\n")
+    result = cli.invoke(app, ["validate", str(cards)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1
+    out = result.output
+    assert f"{cards / 'family.yaml'}: family: unknown adapter family 'blip-2'" in out and "blip2" in out
+    assert f"{cards / 'option.yaml'}: options.text_conditionning: unknown key (did you mean text_conditioning?)" in out
+    assert "allowed here: geometry, text_conditioning" in out
+    assert "fine.yaml" not in out

@@ -55,7 +55,7 @@ def test_bad_task_files_name_file_and_field(tmp_path, body, field, words):
     bad = tmp_path / "bad.yaml"
     bad.write_text(body)
     with pytest.raises(ValidationErrors) as e:
-        TaskRegistry([tmp_path])
+        TaskRegistry([tmp_path]).check()
     first = e.value.errors[0]
     assert first.file == str(bad)
     assert first.field.startswith(field)
@@ -65,14 +65,24 @@ def test_bad_task_files_name_file_and_field(tmp_path, body, field, words):
 def test_every_error_of_a_file_is_reported_together(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: t\nkind: nope\ndataset: {source: synthetic}\nextra: 1\n")
     with pytest.raises(ValidationErrors) as e:
-        TaskRegistry([tmp_path])
+        TaskRegistry([tmp_path]).check()
     assert {err.field for err in e.value.errors} == {"kind", "extra"}
 
 
 def test_duplicate_task_names_are_refused(tmp_path):
     (tmp_path / "a.yaml").write_text(TASK.format(name="synth_vsr"))
     with pytest.raises(ValidationErrors, match="also defined in"):
-        TaskRegistry([tmp_path])
+        TaskRegistry([tmp_path]).check()
+
+
+def test_one_bad_file_leaves_the_others_of_its_directory_usable_and_is_named(tmp_path):
+    (tmp_path / "good.yaml").write_text(TASK.format(name="mine"))
+    (tmp_path / "bad.yaml").write_text("name: broken\nkind: nope\ndataset: {source: synthetic}\n")
+    registry = TaskRegistry([tmp_path])
+    assert [t.name for t in registry.resolve("mine")] == ["mine"]
+    with pytest.raises(SpatialbenchError) as e:
+        registry.resolve("broken")
+    assert str(tmp_path / "bad.yaml") in str(e.value) and "spatialbench validate" in str(e.value)
 
 
 def test_missing_include_path_is_an_error(tmp_path):

@@ -13,15 +13,47 @@ from typing import Callable, ClassVar
 
 import torch
 from PIL import Image
+from pydantic import Field, ValidationError, field_validator
 
-from ..errors import SpatialbenchError
-from ..specs import ModelCard
-from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES, geometry_of
+from ..errors import SpatialbenchError, from_validation_error
+from ..specs import ModelCard, Strict
+from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUILTIN_FAMILIES = ("blip2", "generic", "idefics", "idefics2", "instructblip", "kosmos2", "llava")  # modules of spatialbench.adapters that register a family on import
+
+
+class AdapterOptions(Strict):
+    """A card's `options` every family reads; a family with more subclasses it as its `options_model`."""
+
+    geometry: str = Field(DEFAULT_GEOMETRY, description="how images are fit to the model's input (geometry.py)")
+
+    @field_validator("geometry")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in GEOMETRIES:
+            raise ValueError(f"unknown geometry '{name}'; choose one of {sorted(GEOMETRIES)}")
+        return name
+
+
+def card_options(family: type[Adapter], card: ModelCard, file: str | None = None) -> AdapterOptions:
+    """The card's options as its family declares them: an unknown key or a bad value names options.<key>."""
+    try:
+        return family.options_model.model_validate(card.options)
+    except ValidationError as e:
+        raise from_validation_error(e, file or f"model card {card.name}", root="options",
+                                    model=family.options_model) from None
+
+
+def check_card(card: ModelCard, file: str | None = None) -> None:
+    """What `validate` can say of a card without loading anything: its family exists and takes its options."""
+    try:
+        family = get_family(card.family)
+    except SpatialbenchError as e:
+        raise SpatialbenchError(e.message, file=file, field="family", fix=e.fix) from None
+    card_options(family, card, file)
 
 
 class Adapter(ABC):
@@ -41,6 +73,7 @@ class Adapter(ABC):
     # that tensor and the map runs per batch: point -> (the point cached, the adapter attribute that maps it).
     cached_as: ClassVar[dict[str, tuple[str, str]]] = {}
     hf_class: ClassVar[str] = ""  # the transformers model class whose code the family runs (see runtime_class)
+    options_model: ClassVar[type[AdapterOptions]] = AdapterOptions  # what the family's cards may set in `options`
 
     def __init__(self, card: ModelCard, point: str | None = None):
         self.card = card
@@ -52,7 +85,8 @@ class Adapter(ABC):
         self.skipped_keys: list[str] = []  # read but not used: stored copies of non-persistent buffers
         self.dtype = torch.float32
         self.device = torch.device("cpu")
-        self.geometry = geometry_of(card)  # how images are fit to the model's input (geometry.py)
+        self.options = card_options(type(self), card)
+        self.geometry = self.options.geometry  # how images are fit to the model's input (geometry.py)
 
     @classmethod
     def runtime_class(cls, card: ModelCard) -> str:
@@ -203,7 +237,7 @@ class CheckpointAdapter(Adapter):
 
         from .loading import dtype_plan, materialise_module, resolve
 
-        geometry_of(card)  # a bad option fails before any download
+        card_options(cls, card)  # a bad option fails before any download
         ckpt = resolve(card.checkpoint, card.revision, cache_dir)
         config = AutoConfig.from_pretrained(ckpt.root)
         cls.check_config(card, ckpt, config)

@@ -26,16 +26,16 @@ import importlib
 from contextlib import contextmanager
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 from torch import nn
 
-from ..errors import SpatialbenchError, from_validation_error
-from ..specs import ModelCard, Strict
-from .base import DTYPES, Adapter, register_family
+from ..errors import SpatialbenchError
+from ..specs import ModelCard
+from .base import DTYPES, Adapter, AdapterOptions, card_options, register_family
 from .loading import resolve
 
 
-class GenericOptions(Strict):
+class GenericOptions(AdapterOptions):
     model_class: str = "AutoModelForImageTextToText"
     image_features: str = "get_image_features"
     projected_module: str | None = None
@@ -46,7 +46,6 @@ class GenericOptions(Strict):
     lm_module: str | None = None
     image_token_attr: str = "image_token_id"
     trust_remote_code: bool = False
-    geometry: str = "processor"  # checked by the adapter (geometry.py)
 
 
 def _model_class(name: str):
@@ -80,6 +79,7 @@ class _Given(nn.Module):
 
 @register_family("generic")
 class GenericAdapter(Adapter):
+    options_model = GenericOptions
     @classmethod
     def runtime_class(cls, card: ModelCard) -> str:
         return str(card.options.get("model_class", "AutoModelForImageTextToText"))
@@ -99,10 +99,7 @@ class GenericAdapter(Adapter):
              trust_remote_code: bool = False) -> GenericAdapter:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        try:
-            options = GenericOptions.model_validate(card.options)
-        except ValidationError as e:
-            raise from_validation_error(e, f"model card {card.name}", root="options") from None
+        options = card_options(cls, card)
         if options.trust_remote_code and not trust_remote_code:
             raise SpatialbenchError(
                 f"model card '{card.name}' sets trust_remote_code: the checkpoint's own Python code would run",

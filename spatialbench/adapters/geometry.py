@@ -15,7 +15,6 @@ from typing import Callable
 
 from PIL import Image
 
-from ..errors import SpatialbenchError
 
 Fit = Callable[[Image.Image, object], Image.Image]  # (image, the checkpoint's image processor) -> image
 GEOMETRIES: dict[str, Fit] = {}
@@ -48,12 +47,3 @@ def pad_to_square(image: Image.Image, processor) -> Image.Image:
     square = Image.new(image.mode, (side, side), tuple(int(m * 255) for m in mean))
     square.paste(image, ((side - w) // 2, (side - h) // 2))
     return square
-
-
-def geometry_of(card) -> str:
-    """The card's `options.geometry`, checked."""
-    name = card.options.get("geometry", DEFAULT)
-    if name not in GEOMETRIES:
-        raise SpatialbenchError(f"model card '{card.name}' has unknown geometry '{name}'", field="options.geometry",
-                                fix=f"choose one of {sorted(GEOMETRIES)}")
-    return name

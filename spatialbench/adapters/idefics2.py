@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import nn
 
 from ..errors import SpatialbenchError
-from .base import CheckpointAdapter, register_family
+from .base import AdapterOptions, CheckpointAdapter, register_family
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
@@ -93,11 +94,17 @@ def shape_at(config, point: str) -> tuple[int, int]:
     return (config.perceiver_config.resampler_n_latents, config.text_config.hidden_size)
 
 
+class Idefics2Options(AdapterOptions):
+    image_splitting: bool = Field(False, description="the model's own default input: four quarter crops and the "
+                                  "whole image, 5 x 64 latents, at 5x the vision work and cache")
+
+
 @register_family("idefics2")
 class Idefics2Adapter(CheckpointAdapter):
     hf_class = "Idefics2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
     parts_class = Idefics2Parts
+    options_model = Idefics2Options
     prefixes, strip, lm_prefix = EXTRACTION_PREFIXES, "model.", "model.text_model."
 
     def prepare(self) -> None:
@@ -106,11 +113,7 @@ class Idefics2Adapter(CheckpointAdapter):
         if longest > parts.side:
             raise SpatialbenchError(f"the image processor's longest_edge gives {longest} patches a side, the vision "
                                     f"encoder has positions for {parts.side}", field="checkpoint")
-        splitting = self.card.options.get("image_splitting", False)
-        if not isinstance(splitting, bool):
-            raise SpatialbenchError(f"model card '{self.card.name}': options.image_splitting is {splitting!r}",
-                                    field="options.image_splitting", fix="true or false")
-        self.views = SPLIT_VIEWS if splitting else 1
+        self.views = SPLIT_VIEWS if self.options.image_splitting else 1
 
     def shape_at(self, point: str) -> tuple[int, int]:
         tokens, width = shape_at(self.config, point)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, decoder_inputs, register_family
+from .base import AdapterOptions, CheckpointAdapter, decoder_inputs, register_family
 from .blip2 import shape_at  # the same config fields
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
@@ -51,6 +52,11 @@ class InstructBlipParts(nn.Module):
         return self.language_projection(out) if project else out
 
 
+class InstructBlipOptions(AdapterOptions):
+    text_conditioning: bool = Field(True, description="on implicit tasks the Q-Former reads the probe's query "
+                                    "text; false: always the empty instruction, one prompt per image")
+
+
 @register_family("instructblip")
 class InstructBlipAdapter(CheckpointAdapter):
     hf_class = "InstructBlipForConditionalGeneration"
@@ -58,6 +64,7 @@ class InstructBlipAdapter(CheckpointAdapter):
     cached_as = {"projected": ("resampler", "parts.language_projection")}  # the projection runs per batch
 
     reads_text = True
+    options_model = InstructBlipOptions
     parts_class = InstructBlipParts
     prefixes = EXTRACTION_PREFIXES
 

@@ -28,6 +28,18 @@ def _problems(error: SpatialbenchError) -> list[SpatialbenchError]:
     return error.errors if isinstance(error, ValidationErrors) else [error]
 
 
+def results_files(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for every results.json under it (`results/`, as one types it)."""
+    out = []
+    for path in paths:
+        found = sorted(path.rglob("results.json")) if path.is_dir() else [path]
+        if not found:
+            raise SpatialbenchError(f"no results.json under {path}", file=str(path),
+                                    fix="point at results/<model>/results.json files or the folder holding them")
+        out += found
+    return out
+
+
 def _ok_line(report) -> str:
     r = report.result
     conditions = ", ".join([*r.regimes, *r.baselines])
@@ -37,7 +49,7 @@ def _ok_line(report) -> str:
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="results JSONs (results/<model>/results.json)")],
+    files: Annotated[list[Path], typer.Argument(help="results JSONs (results/<model>/results.json), or folders of them")],
     include_path: IncludePath = None,
     data_dir: DataDir = None,
     coco_root: CocoRoot = None,
@@ -50,6 +62,11 @@ def validate(
     except SpatialbenchError as e:
         for problem in _problems(e):
             err.print(f"error: {problem}")
+        raise typer.Exit(2)
+    try:
+        files = results_files(files)
+    except SpatialbenchError as e:
+        err.print(f"error: {e}")
         raise typer.Exit(2)
     invalid = 0
     for path in files:
@@ -67,7 +84,7 @@ def validate(
 
 @app.command()
 def build(
-    results: Annotated[list[Path], typer.Argument(help="results JSONs, e.g. results/*/results.json")],
+    results: Annotated[list[Path], typer.Argument(help="results JSONs (e.g. results/*/results.json), or folders of them")],
     out_dir: Annotated[Path, typer.Option("--out", help="where the site goes (other files there are kept)")] = Path(
         "leaderboard"),
     title: Annotated[str, typer.Option(help="the page's title")] = "spatialbench leaderboard",
@@ -79,7 +96,7 @@ def build(
     from .build import build as build_site
 
     try:
-        table, reports = build_site(results, out_dir, include_path or [], DataContext.from_flags(data_dir, coco_root),
+        table, reports = build_site(results_files(results), out_dir, include_path or [], DataContext.from_flags(data_dir, coco_root),
                                     title)
     except SpatialbenchError as e:
         problems = _problems(e)

@@ -58,4 +58,4 @@ def test_an_unknown_geometry_names_the_field_and_the_choices(tiny_cache):
     card = ModelCard(name="x", family="llava", checkpoint="tiny:llava-tiny", options={"geometry": "crop"})
     with pytest.raises(SpatialbenchError) as err:
         LlavaAdapter.load(card, cache_dir=tiny_cache)
-    assert err.value.field == "options.geometry" and "pad_to_square" in err.value.fix
+    assert "options.geometry" in str(err.value) and "choose one of ['pad_to_square', 'processor']" in str(err.value)

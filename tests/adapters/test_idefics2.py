@@ -468,4 +468,4 @@ def test_image_splitting_must_be_a_boolean(tiny_cache):
     card = CARD.model_copy(update={"options": {"image_splitting": "yes"}})
     with pytest.raises(SpatialbenchError) as err:
         Idefics2Adapter.load(card, cache_dir=tiny_cache)
-    assert err.value.field == "options.image_splitting"
+    assert "options.image_splitting" in str(err.value)

@@ -42,6 +42,17 @@ def test_build_writes_a_self_contained_site(results, tmp_path):
     assert '<script src="data.js"></script>' in html and "fetch(" not in (out / "app.js").read_text()
 
 
+def test_build_takes_the_results_folder_as_one_types_it(results, tmp_path):
+    result = build(results[0].parent.parent, "--out", tmp_path / "site")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "site" / "data.json").read_text())
+    assert sorted(s["file"] for s in data["sources"]) == sorted(str(p) for p in results)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = build(empty, "--out", tmp_path / "site2")
+    assert result.exit_code == 1 and f"no results.json under {empty}" in result.output
+
+
 def test_build_refuses_an_invalid_file_naming_file_and_field(results, tmp_path):
     data = fixture_data("kosmos2-tiny")
     data["tasks"]["tiny_vsr"]["n"]["test"] = 3
