@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -16,8 +17,10 @@ from rich.table import Table
 from .errors import SpatialbenchError, ValidationErrors
 from .specs import BASELINES, ModelCard, RunConfig, TaskSpec, unpinned
 
+# rich_markup_mode=None: click's plain help, whose descriptions take the terminal's whole width at 80 columns
+# (rich's option panels leave them a narrow column there).
 app = typer.Typer(help="Probe whether a resampler's visual prompt keeps spatial information.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 out = Console()
 err = Console(stderr=True)
 
@@ -327,29 +330,37 @@ def ls(
 ) -> None:
     """List the registered tasks, model cards or task groups."""
     from .adapters.base import families
+    from .adapters.loading import WEIGHTS, weights_kind
     from .registry import ModelRegistry, TaskRegistry
 
     try:
         if what is Listing.models:
             reg = ModelRegistry()
-            table = Table("model", "family", "checkpoint", "point", "available")
+            table = Table("model", "family", "weights", "checkpoint", box=box.SIMPLE_HEAD, pad_edge=False)
+            table.columns[0].no_wrap = table.columns[2].no_wrap = True
+            table.columns[3].overflow = "fold"  # a repo id wraps; it is never cut
             known = families()
+            kinds = set()
             for name in reg.names():
                 card = reg.get(name)
-                table.add_row(name, card.family, card.checkpoint, card.point,
-                              "yes" if card.family in known else "[red]family not installed[/red]")
+                family = card.family if card.family in known else f"{card.family} [red](not installed)[/red]"
+                kinds.add(kind := weights_kind(card.checkpoint, card.revision))
+                table.add_row(name, family, kind, card.checkpoint)
+            table.caption = "\n".join(f"{k}: {WEIGHTS[k]}" for k in WEIGHTS if k in kinds)
+            table.caption_justify = "left"
         elif what is Listing.groups:
             reg = TaskRegistry(include_path or [])
-            table = Table("group", "tasks")
+            table = Table("group", "tasks", box=box.SIMPLE_HEAD, pad_edge=False)
             for group, names in reg.groups().items():
                 table.add_row(group, ", ".join(names))
         else:
             reg = TaskRegistry(include_path or [])
-            table = Table("task", "kind", "target", "groups", "version")
-            table.columns[0].no_wrap = True
+            table = Table("task", "kind", "target", "version", "groups", box=box.SIMPLE_HEAD, pad_edge=False)
+            for column in table.columns[:4]:  # names and kinds whole; the groups list wraps
+                column.no_wrap = True
             for name in reg.names():
                 t = reg.get(name)
-                table.add_row(name, t.kind, t.target, ", ".join(t.groups), str(t.version))
+                table.add_row(name, t.kind, t.target, str(t.version), ", ".join(t.groups))
     except SpatialbenchError as e:
         _fail(e)
     out.print(table)

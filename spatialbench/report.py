@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .results import RunResult
 
@@ -41,8 +41,12 @@ class Reporter:
         self.console = console or Console(stderr=True)
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                        TimeElapsedColumn(), console=self.console, transient=False)
+        # The counts and the time first, the free-text note last: on a narrow terminal only the note is cut.
+        return Progress(TextColumn("{task.description}", table_column=Column(overflow="fold")),
+                        BarColumn(bar_width=12), MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+                        TextColumn("{task.fields[note]}", table_column=Column(overflow="ellipsis", no_wrap=True)),
+                        console=self.console, transient=False)
 
     def info(self, text: str) -> None:
         self.console.print(text)
@@ -143,10 +147,15 @@ def p_text(p: float) -> str:
 def comparison_table(result) -> Table:
     """`spatialbench compare`: A - B per compared task, with the paired CI and p-value."""
     a, b = result.a, result.b
-    table = Table(title=f"{escape(a.model)} - {escape(b.model)} ({escape(a.condition)})", box=box.SIMPLE_HEAD)
-    for col in ("task", "metric", "A", "B", "A - B", "95% CI", "p", "items / images"):
-        table.add_column(col, justify="left" if col in ("task", "metric") else "right", no_wrap=True)
-    for name, t in result.tasks.items():
-        table.add_row(escape(name), t.metric, f"{t.a:.3f}", f"{t.b:.3f}", f"{t.diff:+.3f}",
-                      f"[{t.ci95[0]:+.3f},{t.ci95[1]:+.3f}]", p_value(t.p_value), f"{t.n_items} / {t.n_images}")
+    table = Table(title=f"{escape(a.model)} - {escape(b.model)} ({escape(a.condition)})", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    rows = [[f"{escape(name)} ({t.metric})", f"{t.a:.3f}", f"{t.b:.3f}", f"{t.diff:+.3f}", f"[{t.ci95[0]:+.3f},{t.ci95[1]:+.3f}]",
+             p_value(t.p_value), f"{t.n_items}/{t.n_images}"] for name, t in result.tasks.items()]
+    for i, col in enumerate(("task (metric)", "A", "B", "A-B", "95% CI", "p", "items/imgs")):
+        if i == 0:  # names wrap on a narrow terminal; numbers are never cut
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, justify="right", no_wrap=True, min_width=max([len(col), *(len(r[i]) for r in rows)]))
+    for row in rows:
+        table.add_row(*row)
     return table

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from . import __version__, merge
 from .adapters.base import Adapter, check_declared, get_family
-from .adapters.loading import default_cache_dir
+from .adapters.loading import WEIGHTS, default_cache_dir, weights_kind
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
@@ -119,6 +119,7 @@ class Runner:
                 self.card, device=str(self.accelerator.device), cache_dir=self.cache_dir, point=config.point,
                 trust_remote_code=config.trust_remote_code)
         check_declared(adapter)
+        self.reporter.info(f"model {self.card.name}: {WEIGHTS[weights_kind(self.card.checkpoint, self.card.revision)]}")
         workers = default_workers() if config.workers is None else config.workers
         uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
         vision = (FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches", workers=workers)

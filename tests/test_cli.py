@@ -89,6 +89,7 @@ def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp
     result = cli.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
     assert "small_relation" in result.output and "failed" in result.output
+    assert "model blip2-tiny: random weights built in code" in result.output  # said before any number
     saved = json.loads((tmp_path / "out" / "blip2-tiny" / "results.json").read_text())
     assert saved["tasks"]["small_relation"]["status"] == "ok"
     assert saved["tasks"]["broken"]["status"] == "failed"

@@ -111,7 +111,7 @@ def test_two_real_runs_compare_from_the_command_line(small_tasks, tmp_path):
     got = CliRunner().invoke(app, ["compare", str(a), str(b), "--condition", "joint", "--out", str(out)],
                              env={"COLUMNS": "160"})
     assert got.exit_code == 0, got.output
-    assert "blip2-tiny - kosmos2-tiny (joint)" in got.output and "items / images" in got.output
+    assert "blip2-tiny - kosmos2-tiny (joint)" in got.output and "items/imgs" in got.output
     result = ModelComparison.model_validate_json(out.read_text())
     assert set(result.tasks) == {"small_relation", "small_grid"} and result.skipped == {}
     for name, t in result.tasks.items():

@@ -140,6 +140,29 @@ def resolve(checkpoint: str, revision: str, cache_dir: Path | None = None) -> Ch
     return _from_hub(checkpoint, revision)
 
 
+WEIGHTS = {  # what `ls models` says of a card's weights, and what it means (the legend; a run's first line)
+    "random": "random weights built in code: its numbers test the machinery and say nothing about any model",
+    "pretrained here": "the testbed: a small BLIP-2 pretrained here on synthetic scenes, not a released model",
+    "local": "a local checkpoint directory",
+    "Hub: cached": "a Hub checkpoint in the local Hugging Face cache",
+    "Hub: not here": "a Hub checkpoint not in the local cache: `spatialbench download NAME` fetches it",
+}
+
+
+def weights_kind(checkpoint: str, revision: str) -> str:
+    """Which of WEIGHTS a card's checkpoint is, without fetching anything."""
+    if checkpoint.startswith("tiny:"):
+        from .tiny import tiny_weights
+
+        return tiny_weights(checkpoint.removeprefix("tiny:"))
+    if Path(checkpoint).expanduser().is_dir():
+        return "local"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(checkpoint, "config.json", revision=revision), str)
+    return "Hub: cached" if cached else "Hub: not here"
+
+
 def _from_hub(repo_id: str, revision: str) -> Checkpoint:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

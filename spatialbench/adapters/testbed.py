@@ -194,7 +194,10 @@ def _qformer(model, feats: torch.Tensor) -> torch.Tensor:
     return model.qformer(query_embeds=queries, encoder_hidden_states=feats, encoder_attention_mask=mask)[0]
 
 
-@tiny_builder("testbed-vision")
+PRETRAINED = "pretrained here"
+
+
+@tiny_builder("testbed-vision", weights=PRETRAINED)
 def _build_vision(out: Path) -> None:
     pretrain_vision(out)
 
@@ -207,5 +210,5 @@ def _build(objective: str):
     return build
 
 
-tiny_builder("blip2-pretrained")(_build("names"))
-tiny_builder("blip2-pretrained-spatial")(_build("names+boxes"))
+tiny_builder("blip2-pretrained", weights=PRETRAINED)(_build("names"))
+tiny_builder("blip2-pretrained-spatial", weights=PRETRAINED)(_build("names+boxes"))

@@ -23,14 +23,23 @@ WORDS = (
 ).split()
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {}
+_WEIGHTS: dict[str, str] = {}  # what each build's weights are, for `ls models` and a run's first line
+RANDOM = "random"
 
 
-def tiny_builder(name: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+def tiny_builder(name: str, weights: str = RANDOM) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
     def wrap(fn: Callable[[Path], None]) -> Callable[[Path], None]:
-        _BUILDERS[name] = fn
+        _BUILDERS[name], _WEIGHTS[name] = fn, weights
         return fn
 
     return wrap
+
+
+def tiny_weights(name: str) -> str:
+    from .base import families
+
+    families()  # family modules register their tiny builders on import
+    return _WEIGHTS.get(name, RANDOM)
 
 
 def tiny_names() -> list[str]:

@@ -12,7 +12,8 @@ from ..data.registry import DataContext
 from ..errors import SpatialbenchError, ValidationErrors
 
 app = typer.Typer(help="Build the static leaderboard page from results JSONs, and check submitted results.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None)  # plain help: full-width descriptions at 80 columns
 # markup=False: paths and messages quote user data, which must never be read as rich markup
 out = Console(markup=False, highlight=False, soft_wrap=True)  # soft_wrap: one line per file, for grep and CI logs
 err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
