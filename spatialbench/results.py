@@ -19,6 +19,7 @@ from .specs import ModelCard, ProbeSpec, Strict
 # and task notes; 4 the validation-selected lr grid, joint_random, the comparisons' p_holm, the joint regime's
 # training recipe, the data seed and the test images seen in train. Older files still read.
 SCHEMA_VERSION = 4
+BUILD_INFO = "_build_info.json"  # written into the wheel by hatch_build.py
 LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
 
 
@@ -153,6 +154,8 @@ class RunResult(Strict):
     schema_version: Literal[1, 2, 3, 4] = SCHEMA_VERSION
     tool_version: str = __version__
     git_hash: str | None = None
+    git_hash_source: str | None = Field(None, description="where git_hash came from: 'checkout', 'build' (baked into "
+                                        "the installed wheel), or 'unknown: <why>'")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     command: str = ""
     model: ModelCard
@@ -194,18 +197,30 @@ def read_results(path: Path) -> RunResult:
 
 
 def git_hash(root: Path | None = None) -> str | None:
-    """The commit of a source checkout, with "-dirty" when tracked files differ from it (the numbers may
-    then not come from that commit's code or tasks); None for an installed wheel."""
+    """The commit of the code: of a source checkout, with "-dirty" when tracked files differ from it (the
+    numbers may then not come from that commit's code or tasks); of an installed wheel, the one baked in when
+    it was built (hatch_build.py); None when neither is known (see provenance)."""
+    return provenance(root)[0]
+
+
+def provenance(root: Path | None = None) -> tuple[str | None, str]:
+    """(commit, where it came from: "checkout", "build", or why it is unknown)."""
     root = root or Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = head.stdout.strip()
-    if not commit:
-        return None
-    return commit + "-dirty" if changed.returncode == 0 and changed.stdout.strip() else commit
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=5)
+            changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"unknown: a checkout, but git did not answer ({type(e).__name__})"
+        commit = head.stdout.strip()
+        if not commit:
+            return None, "unknown: a checkout, but git gave no commit"
+        dirty = changed.returncode == 0 and changed.stdout.strip()
+        return (commit + "-dirty" if dirty else commit), "checkout"
+    baked = Path(__file__).resolve().parent / BUILD_INFO
+    if baked.is_file():
+        info = json.loads(baked.read_text())
+        return (info["commit"], "build") if info.get("commit") else (None, f"unknown: {info.get('why')}")
+    return None, "unknown: neither a checkout nor a built wheel (no _build_info.json)"

@@ -28,7 +28,7 @@ from .probing.task import TaskProbing
 from .probing.visual import Visual
 from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, git_hash
+from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, provenance
 from .stats.bootstrap import holm
 from .specs import ModelCard, RunConfig, TaskSpec, with_data_seed
 
@@ -132,8 +132,9 @@ class Runner:
             self.reporter.info(note)
         self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
                               self.resampler_mode)
+        commit, source = provenance()
         result = RunResult(
-            git_hash=git_hash(), command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
+            git_hash=commit, git_hash_source=source, command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
             point=adapter.point, geometry=adapter.geometry, visual_prompt_shape=adapter.prompt_shape, seeds=self.seeds,
             regimes=config.regimes, baselines=config.baselines,
             resampler_lr=self.resampler_lr if "joint" in config.regimes else None, limit=config.limit,

@@ -120,6 +120,12 @@ def test_installed_wheel_ships_tasks_and_cards(tmp_path):
     listed = subprocess.run([sys.executable, "-c", "import spatialbench.registry as r; print(r.builtin_dir('tasks'))"],
                             cwd=elsewhere, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
     assert str(target) in listed.stdout
+    # Provenance from a non-editable install: the commit it was built from, baked into the wheel.
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    told = subprocess.run([sys.executable, "-c", "import spatialbench.results as r; print(*r.provenance())"],
+                          cwd=elsewhere, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+    commit, source = told.stdout.split()
+    assert commit.removesuffix("-dirty") == head and source == "build", told.stderr
 
 
 def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp_path, monkeypatch):

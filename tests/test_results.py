@@ -24,3 +24,14 @@ def test_git_hash_says_when_tracked_files_differ_from_the_commit(tmp_path):
 
 def test_no_checkout_no_hash(tmp_path):
     assert git_hash(tmp_path) is None
+
+
+def test_a_build_without_git_says_why_its_commit_is_unknown(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("hatch_build", Path(__file__).resolve().parents[1] / "hatch_build.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    info = hook.source_commit(str(tmp_path))  # an unpacked sdist: no .git
+    assert info["commit"] is None and "without git history" in info["why"]
