@@ -33,7 +33,7 @@ _FILES: dict[int, tuple[BaseModel, Path]] = {}  # id(spec) -> (spec, its YAML): 
 
 def load_spec(path: Path, model: type[T]) -> T:
     """One YAML file as a validated spec; every problem names the file and the field."""
-    data = read_with_includes(path)
+    data = read_with_includes(path, fallback=(builtin_dir("tasks"),) if model is TaskSpec else ())
     try:
         spec = model.model_validate(data)
     except ValidationError as e:

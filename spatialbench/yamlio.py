@@ -87,8 +87,10 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
-    """Read `path`; an `include:` (file or list of files, relative to it) is merged underneath."""
+def read_with_includes(path: Path, fallback: tuple[Path, ...] = (), _chain: tuple[Path, ...] = ()) -> dict:
+    """Read `path`; an `include:` (file or list of files, relative to it, else found in a `fallback` directory:
+    the built-in tasks/, so a shipped task copied into one's own folder still finds its base) is merged
+    underneath."""
     try:
         path = path.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
@@ -106,8 +108,10 @@ def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
         raise SpatialbenchError("must be a file name or a list of file names", file=str(path), field="include")
     merged: dict = {}
     for name in includes:
-        target = path.parent / name
-        if not os.path.isfile(target):  # False, not an exception, for names too long or with a NUL
-            raise SpatialbenchError(f"included file not found: {target}", file=str(path), field="include")
-        merged = _merge(merged, read_with_includes(target, (*_chain, path)))
+        places = [path.parent / name, *(Path(d) / name for d in fallback)]
+        target = next((p for p in places if os.path.isfile(p)), None)  # isfile: False for a name with a NUL
+        if target is None:
+            raise SpatialbenchError(f"included file not found: {' nor '.join(map(str, places))}", file=str(path),
+                                    field="include", fix="name a file beside this one or a built-in base (tasks/_*.yaml)")
+        merged = _merge(merged, read_with_includes(target, fallback, (*_chain, path)))
     return _merge(merged, data)
