@@ -32,7 +32,7 @@ def test_ls_models_shows_the_packaged_card(site, tmp_path):
     out = _cli(site, "ls", "models", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if "toy-tiny" in l)
-    assert "toy" in line and "yes" in line
+    assert "toy" in line and "not installed" not in line and "random" in line  # its family loaded; its weights said
 
 
 def test_check_adapter_passes_for_the_third_party_family(site, tmp_path):
