@@ -252,7 +252,8 @@ class Runner:
         predictions = self.out_dir / f"samples_{task.name}.jsonl"
         if self.accelerator.is_main_process:
             scoring.write_predictions(predictions, examples, fits_of[primary], task.headline, test, inputs.box,
-                                      {name: s.mean(axis=0) for name, s in scores.items()})
+                                      {name: s.mean(axis=0) for name, s in scores.items()}, condition=primary,
+                                      classes=data.classes, categories=data.categories)
         main = results[primary]
         return TaskResult(
             name=task.name, kind=task.kind, version=task.version, status="ok", target=task.target,

@@ -31,7 +31,14 @@ def test_run_writes_a_valid_results_json_for_every_kind(small_tasks, tmp_path):
         assert task.n["test"] > 0 and task.n_images["test"] <= task.n["test"]
         lines = (runner.out_dir / task.predictions_file).read_text().splitlines()
         assert len(lines) == task.n["test"]
-        assert set(json.loads(lines[0])["predictions"]) == {"0", "1"}
+        first = json.loads(lines[0])
+        assert set(first["predictions"]) == {"0", "1"}
+        assert first["condition"] == "frozen"  # whose predictions these are
+        if task.kind in ("relation", "region_localization"):  # explicit queries name their categories
+            assert all(isinstance(n, str) and " " in n for n in first["query_names"])  # "red circle"
+        if task.kind == "relation":
+            assert first["target_name"] in ("left of", "right of", "above", "below")
+            assert set(first["prediction_names"]) == {"0", "1"}
     assert result.visual_prompt_shape == (8, 48)
     assert result.checkpoint.startswith("blip2|local:")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, StrictBool
 from torch import nn
 
 from ..errors import SpatialbenchError
@@ -95,7 +95,7 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 
 class Idefics2Options(AdapterOptions):
-    image_splitting: bool = Field(False, description="the model's own default input: four quarter crops and the "
+    image_splitting: StrictBool = Field(False, description="the model's own default input: four quarter crops and the "
                                   "whole image, 5 x 64 latents, at 5x the vision work and cache")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, StrictBool
 from torch import nn
 
 from ..errors import SpatialbenchError
@@ -53,7 +53,7 @@ class InstructBlipParts(nn.Module):
 
 
 class InstructBlipOptions(AdapterOptions):
-    text_conditioning: bool = Field(True, description="on implicit tasks the Q-Former reads the probe's query "
+    text_conditioning: StrictBool = Field(True, description="on implicit tasks the Q-Former reads the probe's query "
                                     "text; false: always the empty instruction, one prompt per image")
 
 

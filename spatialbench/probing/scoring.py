@@ -58,10 +58,12 @@ def by_group(headline: str, fits: list[FitResult], test: Split, examples: list[E
 
 
 def write_predictions(path: Path, examples: list[Example], fits: list[FitResult], headline: str, test: Split,
-                      box: bool, item_scores: dict[str, np.ndarray] | None = None) -> None:
-    """One JSON line per test item: what it asked, the answer, and every seed's prediction and score (of the
-    run's first regime), and under "scores" each condition's headline score averaged over seeds, which
-    `spatialbench compare` pairs item by item with another run's."""
+                      box: bool, item_scores: dict[str, np.ndarray] | None = None, condition: str = "frozen",
+                      classes: list[str] | None = None, categories: list[str] | None = None) -> None:
+    """One JSON line per test item: what it asked, the answer, and every seed's prediction and score under
+    `condition` (the run's first regime), with the names of query categories and classes beside their ids,
+    and under "scores" each condition's headline score averaged over seeds, which `spatialbench compare`
+    pairs item by item with another run's."""
     target = test.target.numpy()
     per_item_name = headline if headline in metrics.PER_ITEM else ("accuracy" if not box else "mean_iou")
     scores = []
@@ -70,8 +72,15 @@ def write_predictions(path: Path, examples: list[Example], fits: list[FitResult]
         scores.append(metrics.per_item(per_item_name, pred, tgt))
     lines = []
     for i, ex in enumerate(examples):
+        named = {}
+        if categories and isinstance(ex.query, tuple):
+            named["query_names"] = [categories[c] for c in ex.query]
+        if classes and not box:
+            named["target_name"] = classes[ex.target]
+            named["prediction_names"] = {str(f.seed): classes[int(f.test_pred[i])] for f in fits}
         lines.append(json.dumps({
             "uid": ex.uid, "image_id": ex.image_id, "query": ex.query, "target": ex.target, "groups": ex.groups,
+            **named, "condition": condition,
             "predictions": {str(f.seed): np.asarray(f.test_pred[i]).tolist() for f in fits},
             per_item_name: {str(f.seed): float(s[i]) for f, s in zip(fits, scores)},
             **({"scores": {name: float(v[i]) for name, v in item_scores.items()}} if item_scores else {}),
