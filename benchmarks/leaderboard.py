@@ -139,7 +139,7 @@ def browser_figures(index: Path, repeats: int, sort_task: str) -> dict:
             page.wait_for_function("performance.getEntriesByName('leaderboard-painted').length > 0")
             renders.append(page.evaluate("['leaderboard-rendered', 'leaderboard-painted', 'leaderboard-complete']"
                                          ".map(n => performance.getEntriesByName(n)[0].startTime)"))
-            rows = page.locator("#board tbody tr").count()
+            rows = page.locator("#board tbody tr[data-row]").count()
             page.close()
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(index.as_uri())

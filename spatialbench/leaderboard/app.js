@@ -48,7 +48,8 @@
     return DATA.tasks.filter((t) => !state.group || t.groups.includes(state.group));
   }
 
-  // Averages over the shown task columns, so a task-group filter gives that group's averages.
+  // Averages over the shown task columns, so a task-group filter gives that group's averages. `has` counts
+  // the shown tasks the row scored: a row without all of them is ranked apart (its averages cover less).
   function stats(row, tasks) {
     const cells = tasks.map((t) => row.cells[t.name]).filter(Boolean);
     const gapOf = row.role === "regime" ? models[row.model].gap : {};  // the gap is the model's, shown on its regimes
@@ -56,6 +57,8 @@
     const sel = tasks.map((t) => row.selectivity[t.name]).filter(Boolean);
     const rec = tasks.map((t) => (row.recovered || {})[t.name]).filter(Boolean);
     return {
+      has: cells.length,
+      section: row.role === "baseline" ? "baselines" : cells.length === tasks.length ? "ranked" : "partial",
       rec: mean(rec.map((r) => r.value)),
       recN: rec.length,
       average: mean(cells.map((c) => shown(c, c.mean))),
@@ -68,6 +71,14 @@
     };
   }
 
+  // Models ranked over the shown tasks they all have; then models missing some, ranked among themselves;
+  // then the baselines (floors and ceilings of the same probes), never ranked against models.
+  const SECTIONS = [
+    ["ranked", null],
+    ["partial", "Missing some shown tasks: ranked apart (their averages cover only the tasks they have)"],
+    ["baselines", "Baselines: the floors and ceilings every model is probed between, not ranked"],
+  ];
+
   // Per task: the paired difference with its 95% CI and p-value, for a summary cell's tooltip.
   function pairedTitle(what, tasks, byTask) {
     return tasks.filter((t) => byTask[t.name]).map((t) => {
@@ -76,12 +87,20 @@
     }).join("\n");
   }
 
+  // The summaries come before the task columns: they are what a reader compares, and however many tasks
+  // there are they stay on screen.
   function columns(tasks) {
     const cols = [
       { key: "rank", label: "#", nosort: true },
       { key: "model", label: "model", text: true, value: (r) => models[r.model].name.toLowerCase() },
       { key: "family", label: "family", text: true, value: (r) => models[r.model].family.toLowerCase() },
       { key: "condition", label: "regime / baseline", text: true, value: (r) => conditionRank.get(r.condition) },
+      { key: "average", label: "avg", sub: "over shown tasks", value: (r, s) => s.average, summary: true },
+      { key: "win", label: "win rate", sub: "vs other models", value: (r, s) => s.win, summary: true },
+      { key: "recovered", label: "recovered", sub: "(x − blind) / (oracle − blind)", value: (r, s) => s.rec,
+        summary: true },
+      { key: "gap", label: "Δ joint − frozen", sub: "mean; CI excl. 0", value: (r, s) => s.gap, summary: true },
+      { key: "sel", label: "selectivity", sub: "task − control", value: (r, s) => s.sel, summary: true },
     ];
     for (const t of tasks) {
       const [lo, hi] = t.chance || [null, null];  // a range when files disagree (--limit runs)
@@ -94,14 +113,6 @@
         value: (r) => (r.cells[t.name] ? shown(r.cells[t.name], r.cells[t.name].mean) : null),
       });
     }
-    cols.push(
-      { key: "average", label: "avg", sub: "over shown tasks", value: (r, s) => s.average, summary: true },
-      { key: "win", label: "win rate", sub: "mean over tasks", value: (r, s) => s.win, summary: true },
-      { key: "recovered", label: "recovered", sub: "(x − blind) / (oracle − blind)", value: (r, s) => s.rec,
-        summary: true },
-      { key: "gap", label: "Δ joint − frozen", sub: "mean; CI excl. 0", value: (r, s) => s.gap, summary: true },
-      { key: "sel", label: "selectivity", sub: "task − control", value: (r, s) => s.sel, summary: true },
-    );
     return cols;
   }
 
@@ -118,12 +129,16 @@
     return out;
   }
 
-  // Missing values sort last in either direction; ties fall back to model name, then condition.
+  // Section first (see SECTIONS), then the column; missing values sort last in either direction; ties fall
+  // back to model name, then condition.
+  const sectionRank = new Map(SECTIONS.map(([name], i) => [name, i]));
   function sortRows(indices, col, statsOf) {
     const dir = state.sortDir;
     const keyed = indices.map((i) => [col.value(DATA.rows[i], statsOf[i]), i]);
     keyed.sort((a, b) => {
       const [va, ia] = a, [vb, ib] = b;
+      const sa = sectionRank.get(statsOf[ia].section), sb = sectionRank.get(statsOf[ib].section);
+      if (sa !== sb) return sa - sb;
       const na = va === null || va === undefined, nb = vb === null || vb === undefined;
       if (na !== nb) return na ? 1 : -1;
       if (!na && va !== vb) return (va < vb ? -1 : 1) * dir;
@@ -164,25 +179,8 @@
     return td;
   }
 
-  function renderRow(i, rank, tasks, s) {
-    const row = DATA.rows[i], model = models[row.model];
-    const tr = el("tr", null, row.role === "baseline" ? "baseline" : "regime");
-    tr.dataset.row = String(i);
-    tr.tabIndex = 0;
-    if (i === state.selected) tr.classList.add("selected");
-    tr.appendChild(el("td", rank));
-    const name = el("td", model.name, "text model");
-    if (row.limited) {
-      const badge = el("span", "limit", "badge");
-      badge.title = "testing-only --limit run: not comparable";
-      name.appendChild(badge);
-    }
-    tr.appendChild(name);
-    tr.appendChild(el("td", model.family, "text family"));
-    const cond = el("td", null, "text condition");
-    cond.appendChild(el("span", row.condition, "cond cond-" + (row.role === "baseline" ? "baseline" : row.condition)));
-    tr.appendChild(cond);
-    for (const t of tasks) tr.appendChild(taskCell(row, t));
+  function summaryCells(tr, row, tasks, s) {
+    const model = models[row.model];
     tr.appendChild(el("td", fmt(s.average), "summary"));
     tr.appendChild(el("td", s.win === null ? "–" : Math.round(s.win * 100) + "%", "summary"));
     const rec = el("td", fmt(s.rec), "summary");
@@ -202,6 +200,42 @@
     if (s.selN) sel.appendChild(el("span", s.selN + " tasks", "ci"));
     if (s.selN) sel.title = pairedTitle("task − control", tasks, row.selectivity);
     tr.appendChild(sel);
+  }
+
+  function renderRow(i, rank, tasks, s) {
+    const row = DATA.rows[i], model = models[row.model];
+    const tr = el("tr", null, row.role === "baseline" ? "baseline" : "regime");
+    tr.dataset.row = String(i);
+    tr.dataset.section = s.section;
+    tr.tabIndex = 0;
+    if (i === state.selected) tr.classList.add("selected");
+    tr.appendChild(el("td", s.section === "baselines" ? "–" : rank, "rank"));
+    const name = el("td", model.name, "text model");
+    if (row.limited) {
+      const badge = el("span", "limit", "badge");
+      badge.title = "testing-only --limit run: not comparable";
+      name.appendChild(badge);
+    }
+    if (s.section === "partial") {
+      const badge = el("span", s.has + "/" + tasks.length + " tasks", "badge partial");
+      badge.title = "has " + s.has + " of the " + tasks.length + " shown tasks: ranked apart from complete rows";
+      name.appendChild(badge);
+    }
+    tr.appendChild(name);
+    tr.appendChild(el("td", model.family, "text family"));
+    const cond = el("td", null, "text condition");
+    cond.appendChild(el("span", row.condition, "cond cond-" + (row.role === "baseline" ? "baseline" : row.condition)));
+    tr.appendChild(cond);
+    summaryCells(tr, row, tasks, s);
+    for (const t of tasks) tr.appendChild(taskCell(row, t));
+    return tr;
+  }
+
+  function sectionRow(text, width) {
+    const tr = el("tr", null, "section");
+    const td = el("td", text, "text");
+    td.colSpan = width;
+    tr.appendChild(td);
     return tr;
   }
 
@@ -210,13 +244,22 @@
   const FIRST = 100, CHUNK = 250;
   let rendered = false, generation = 0;
 
+  // Ranks count within a section; a section after the first opens with a row that says what it is.
   function appendRows(body, order, from, to, tasks, statsOf) {
     const frag = document.createDocumentFragment();
+    const width = tasks.length + 9;
     for (let k = from; k < Math.min(to, order.length); k++) {
-      frag.appendChild(renderRow(order[k], k + 1, tasks, statsOf[order[k]]));
+      const section = statsOf[order[k]].section;
+      if (k === 0 || statsOf[order[k - 1]].section !== section) {
+        sectionStart[section] = k;
+        const heading = SECTIONS[sectionRank.get(section)][1];
+        if (heading) frag.appendChild(sectionRow(heading, width));
+      }
+      frag.appendChild(renderRow(order[k], k - sectionStart[section] + 1, tasks, statsOf[order[k]]));
     }
     body.appendChild(frag);
   }
+  const sectionStart = {};
 
   function render() {
     const tasks = visibleTasks();
@@ -233,6 +276,7 @@
     body.replaceChildren();
     appendRows(body, order, 0, FIRST, tasks, statsOf);
     $("count").textContent = order.length + " of " + DATA.rows.length + " rows";
+    window.SBPlots.draw($("plots"), DATA, order, tasks, (c) => shown(c, c.mean), state.normalise);
     const first = !rendered;
     if (first) {
       rendered = true;
@@ -294,7 +338,7 @@
     $("board").tHead.addEventListener("click", sortBy);
     $("board").tHead.addEventListener("keydown", (e) => { if (e.key === "Enter") sortBy(e); });
     const open = (e) => {
-      const tr = e.target.closest("tr[data-row]");
+      const tr = e.target.closest("tr[data-row]");  // not a section heading
       if (!tr) return;
       state.selected = Number(tr.dataset.row);
       for (const other of $("board").tBodies[0].querySelectorAll("tr.selected")) other.classList.remove("selected");

@@ -1,6 +1,6 @@
 """`leaderboard build`: validated results files -> a static site that opens from disk or any web host.
 
-The site is index.html, style.css and two scripts, plus the data twice: data.json for other tools, and
+The site is index.html, style.css and three scripts, plus the data twice: data.json for other tools, and
 data.js for the page itself, because browsers refuse fetch() of a local file opened over file://.
 """
 
@@ -17,7 +17,7 @@ from ..errors import SpatialbenchError, ValidationErrors
 from .table import Source, build_data
 from .validate import Report, Validator
 
-ASSETS = ("index.html", "style.css", "app.js", "detail.js")
+ASSETS = ("index.html", "style.css", "app.js", "detail.js", "plots.js")
 DATA_GLOBAL = "SPATIALBENCH_LEADERBOARD"
 
 # Inside a <script>, "</script>" or "<!--" in a string would end or confuse the script, and U+2028/2029 end a

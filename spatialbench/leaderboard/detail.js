@@ -38,8 +38,14 @@
   }
 
   // Frozen and joint bars per task on a 0..1 axis, with CI whiskers and the task's chance level.
+  // The task labels slant down-left from under their bars: the margins grow with the longest one
+  // (about 6.6 px a character at 11 px), so no name is cut at the edge.
   function chart(tasks, frozen, joint) {
-    const groupW = 64, left = 36, top = 10, plotH = 160, labelH = 90;
+    const longest = Math.max(...tasks.map((t) => t.name.length)) * 6.6;
+    const slant = 35 * Math.PI / 180;
+    const groupW = 64, top = 10, plotH = 160;
+    const left = Math.max(36, Math.ceil(longest * Math.cos(slant)) - 20);
+    const labelH = Math.ceil(longest * Math.sin(slant)) + 24;
     const width = left + Math.max(tasks.length, 3) * groupW + 10;
     const root = svg("svg", { class: "chart", width: width, height: top + plotH + labelH,
                               viewBox: "0 0 " + width + " " + (top + plotH + labelH), role: "img" });

@@ -2,8 +2,9 @@
 
 Columns are the union of the task names found in the results, never a fixed list. Each cell holds the
 task's headline metric for that row (mean, 95% CI, the chance level of that file) and its win share: the
-fraction of the other rows with that task that this row beats (a tie counts half). The page averages
-these over whichever task columns are shown; `average` and `win_rate` here are over all tasks.
+fraction of the other model rows (regimes, not baselines) with that task that this row beats (a tie counts
+half). The page averages these over whichever task columns are shown and ranks a row only against rows
+that have all of them; `average` and `win_rate` here are over each row's own tasks.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def _task_columns(names: set[str], tasks: dict, known: dict[str, dict]) -> list[
 
 
 def _win_shares(rows: list[dict], task: str) -> None:
-    """Each row's share of the other rows it beats on this task; ties count half."""
-    scored = sorted((r["cells"][task]["mean"], i) for i, r in enumerate(rows) if task in r["cells"])
+    """Each model row's share of the other model rows it beats on this task; ties count half.
+
+    Baselines are left out on both sides: an oracle beating every model says nothing about the models."""
+    scored = sorted((r["cells"][task]["mean"], i) for i, r in enumerate(rows)
+                    if task in r["cells"] and r["role"] == "regime")
     n = len(scored)
     start = 0
     while start < n:  # walk runs of equal scores

@@ -45,7 +45,7 @@ class Page:
 
     def rows(self) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.page.eval_on_selector_all(
-            "#board tbody tr", "trs => trs.map(tr => [tr.querySelector('.model').firstChild.textContent,"
+            "#board tbody tr[data-row]", "trs => trs.map(tr => [tr.querySelector('.model').firstChild.textContent,"
                                " tr.querySelector('.condition').textContent])")]
 
     def headers(self) -> list[str]:
@@ -54,7 +54,11 @@ class Page:
     def column(self, key: str) -> list[str]:
         index = self.headers().index(key)
         return self.page.eval_on_selector_all(
-            "#board tbody tr", f"trs => trs.map(tr => tr.children[{index}].firstChild.textContent)")
+            "#board tbody tr[data-row]", f"trs => trs.map(tr => tr.children[{index}].firstChild.textContent)")
+
+    def cell(self, label: tuple[str, str], key: str):
+        return self.page.locator("#board tbody tr[data-row]").nth(self.rows().index(label)).locator("td").nth(
+            self.headers().index(key))
 
 
 @pytest.fixture
@@ -69,17 +73,20 @@ def _label(data, row):
 
 
 def _expected_order(data, task, descending=True):
-    """Rows by the task's mean (missing last either way), ties by model name then condition, as the page does."""
+    """Models, then baselines (every fixture row has every task); within each, rows by the task's mean (missing
+    last either way), ties by model name then condition, as the page does."""
     rank = {c: i for i, c in enumerate(data["conditions"])}
 
     def tie(r):
         return data["models"][r["model"]]["name"], rank[r["condition"]]
 
-    scored = [r for r in data["rows"] if task in r["cells"]]
-    scored.sort(key=tie)
-    scored.sort(key=lambda r: r["cells"][task]["mean"], reverse=descending)  # stable: ties keep the name order
-    missing = sorted((r for r in data["rows"] if task not in r["cells"]), key=tie)
-    return [_label(data, r) for r in scored + missing]
+    order = []
+    for role in ("regime", "baseline"):
+        rows = [r for r in data["rows"] if r["role"] == role]
+        scored = sorted((r for r in rows if task in r["cells"]), key=tie)
+        scored.sort(key=lambda r: r["cells"][task]["mean"], reverse=descending)  # stable: ties keep name order
+        order += scored + sorted((r for r in rows if task not in r["cells"]), key=tie)
+    return [_label(data, r) for r in order]
 
 
 def test_the_page_renders_every_row_with_no_console_errors(page, site, tmp_path):
@@ -91,14 +98,13 @@ def test_the_page_renders_every_row_with_no_console_errors(page, site, tmp_path)
     assert "chance" in page.page.text_content('th[data-key="task:tiny_vsr"]')
     # the gap column: mean over tasks, and per task its diff with CI and p-value in the tooltip
     gap = data["models"][0]["gap"]["tiny_relation"]
-    at = page.rows().index(("blip2-tiny", "joint"))
-    title = page.page.locator("#board tbody tr").nth(at).locator("td").nth(-2).get_attribute("title")
+    title = page.cell(("blip2-tiny", "joint"), "gap").get_attribute("title")
     assert f"tiny_relation: joint − frozen {gap['diff']:+.3f} [{gap['lo']:.3f}, {gap['hi']:.3f}]" in title
     # the recovered column: the mean over shown tasks of (x - blind) / (oracle - blind), per task in the tooltip
     row = next(r for r in data["rows"] if _label(data, r) == ("blip2-tiny", "frozen"))
     shares = row["recovered"]
     assert shares and "blind" not in shares and "oracle" not in shares
-    cell = page.page.locator("#board tbody tr").nth(page.rows().index(("blip2-tiny", "frozen"))).locator("td").nth(-3)
+    cell = page.cell(("blip2-tiny", "frozen"), "recovered")
     assert page.column("recovered")[page.rows().index(("blip2-tiny", "frozen"))] == \
         f"{sum(v['value'] for v in shares.values()) / len(shares):.3f}"
     task, share = next(iter(shares.items()))
@@ -121,9 +127,9 @@ def test_clicking_a_header_sorts_and_clicking_again_reverses(page, site):
     assert page.page.get_attribute('th[data-key="task:tiny_vsr"]', "aria-sort") == "descending"
     page.page.click('th[data-key="task:tiny_vsr"]')
     assert page.rows() == _expected_order(data, "tiny_vsr", descending=False)
-    page.page.click('th[data-key="model"]')
+    page.page.click('th[data-key="model"]')  # by name, models first, then baselines (all blip2's here)
     names = [m for m, _ in page.rows()]
-    assert names == sorted(names) and names[0] == "blip2-tiny"
+    assert names[:5] == sorted(names[:5]) and names[0] == "blip2-tiny" and names[5:] == ["blip2-tiny"] * 2
 
 
 def test_filters_and_search_leave_the_matching_rows(page, site):
@@ -165,7 +171,7 @@ def test_the_chance_normalised_toggle(page, site):
 
 def test_a_row_opens_the_models_detail_with_an_svg_chart(page):
     at = page.rows().index(("blip2-tiny", "joint"))
-    page.page.click(f"#board tbody tr >> nth={at}")
+    page.page.click(f"#board tbody tr[data-row] >> nth={at}")
     detail = page.page.locator("#detail")
     assert detail.is_visible() and detail.locator("h2").text_content() == "blip2-tiny"
     assert detail.locator("svg.chart rect.bar-frozen").count() == 3
@@ -216,7 +222,7 @@ def test_strings_from_results_files_stay_inert(browser, tmp_path):
         assert shown.count(PAYLOAD) == 2 and SCRIPT_PAYLOAD in shown  # literally, as text
         assert PAYLOAD in p.page.eval_on_selector_all("#family option", "os => os.map(o => o.textContent)")
         at = p.rows().index((PAYLOAD, "frozen"))
-        p.page.click(f"#board tbody tr >> nth={at}")
+        p.page.click(f"#board tbody tr[data-row] >> nth={at}")
         for summary in p.page.locator("#detail details summary").all():
             summary.click()
         assert p.page.locator("#detail h2").text_content() == PAYLOAD
@@ -225,7 +231,7 @@ def test_strings_from_results_files_stay_inert(browser, tmp_path):
         failed = p.page.locator("#board td.failed")
         assert failed.count() == 1 and failed.text_content() == "failed" and failed.get_attribute("title") == PAYLOAD
         assert p.page.evaluate("document.querySelectorAll('img').length") == 0
-        assert p.page.evaluate("document.scripts.length") == 3  # data.js, detail.js, app.js, and no more
+        assert p.page.evaluate("document.scripts.length") == 4  # data, detail, plots, app.js, and no more
         assert p.dialogs == [] and p.errors == []
     finally:
         p.page.close()
@@ -234,3 +240,148 @@ def test_strings_from_results_files_stay_inert(browser, tmp_path):
 def test_a_missing_chromium_fails_with_how_to_install_it(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
         chromium_executable(tmp_path / "chromium")
+
+
+def _site(browser, tmp_path, edit=None, data_edit=None, width=1400):
+    """A page built from the fixtures, each results file edited by edit(model, data) and then the page's data
+    by data_edit(data); returns the loaded Page and its data."""
+    paths = []
+    for model in MODELS:
+        data = fixture_data(model)
+        if edit:
+            edit(model, data)
+        paths.append(write(tmp_path / "results" / model / "results.json", data))
+    data, _ = build(paths, tmp_path / "out", [TASKS])
+    if data_edit:
+        data_edit(data)
+        write_site(data, tmp_path / "out")
+    p = Page(browser, tmp_path / "out" / "index.html")
+    p.page.set_viewport_size({"width": width, "height": 900})
+    return p, data
+
+
+def _sections(page):
+    return page.page.eval_on_selector_all("#board tbody tr", "trs => trs.map(tr => tr.dataset.section || "
+                                                            "'heading: ' + tr.textContent)")
+
+
+def test_models_rank_over_shared_tasks_apart_from_rows_missing_some_and_from_baselines(browser, tmp_path):
+    def drop_vsr(model, data):
+        if model == "kosmos2-tiny":
+            del data["tasks"]["tiny_vsr"]
+
+    def top_oracle(data):  # an oracle above every model, as real ones are
+        for row in data["rows"]:
+            if row["condition"] == "oracle":
+                for cell in row["cells"].values():
+                    cell.update(mean=0.99, lo=0.99, hi=0.99)
+    page, data = _site(browser, tmp_path, edit=drop_vsr, data_edit=top_oracle)
+    try:
+        rows, sections = page.rows(), _sections(page)
+        assert [s for s in sections if not s.startswith("heading")] == \
+            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 2
+        assert "ranked apart" in sections[3] and sections[6].startswith("heading: Baselines")
+        assert set(rows[:3]) == {("blip2-tiny", "frozen"), ("blip2-tiny", "joint"), ("idefics2-tiny", "frozen")}
+        assert set(rows[3:5]) == {("kosmos2-tiny", "frozen"), ("kosmos2-tiny", "joint")}
+        assert page.column("rank") == ["1", "2", "3", "1", "2", "–", "–"]
+        badge = page.cell(("kosmos2-tiny", "joint"), "model").locator(".badge")
+        assert badge.text_content() == "2/3 tasks"
+        # the oracle outscores every model, yet is listed after them, unranked, with no win rate
+        averages = {label: float(v) for label, v in zip(rows, page.column("average"))}
+        assert averages[("blip2-tiny", "oracle")] == max(averages.values())
+        assert page.cell(("blip2-tiny", "oracle"), "win").text_content() == "–"
+        # reversing the sort reverses within each section, never across them
+        page.page.click('th[data-key="average"]')
+        assert [s for s in _sections(page) if not s.startswith("heading")] == \
+            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 2
+        ranked = [averages[r] for r in page.rows()[:3]]
+        assert ranked == sorted(ranked)
+        # a task group the partial rows do have: every model is ranked together again
+        page.page.select_option("#group", "explicit")
+        assert "partial" not in _sections(page)
+        assert page.errors == []
+    finally:
+        page.page.close()
+
+
+def _more_tasks(n):
+    """Copies of tiny_grid under other, long names: a board with many task columns."""
+    def edit(data):
+        grid = next(t for t in data["tasks"] if t["name"] == "tiny_grid")
+        for k in range(n):
+            name = f"synth_grid_copy_number_{k}"
+            data["tasks"].append({**grid, "name": name})
+            for row in data["rows"]:
+                for part in ("cells", "recovered", "selectivity", "control", "by_group"):
+                    if "tiny_grid" in row.get(part, {}):
+                        row[part][name] = row[part]["tiny_grid"]
+            for model in data["models"]:
+                if "tiny_grid" in model["gap"]:
+                    model["gap"][name] = model["gap"]["tiny_grid"]
+    return edit
+
+
+def test_at_1280_px_the_summary_columns_show_however_many_tasks(browser, tmp_path):
+    page, _ = _site(browser, tmp_path, data_edit=_more_tasks(8), width=1280)
+    try:
+        scroll = page.page.eval_on_selector(".scroll", "s => [s.scrollWidth, s.clientWidth, s.scrollLeft]")
+        assert scroll[0] > scroll[1] and scroll[2] == 0  # the task columns do overflow: the test means something
+        for key in ("average", "win", "recovered", "gap", "sel"):
+            box = page.page.locator(f'th[data-key="{key}"]').bounding_box()
+            assert 0 <= box["x"] and box["x"] + box["width"] <= 1280, key
+        assert page.errors == []
+    finally:
+        page.page.close()
+
+
+TEXT_OUTSIDE = """() => [...document.querySelectorAll('svg')].flatMap(s => {
+  const b = s.getBoundingClientRect();
+  return [...s.querySelectorAll('text')].filter(t => { const r = t.getBoundingClientRect();
+    return r.left < b.left - 0.5 || r.right > b.right + 0.5 || r.top < b.top - 0.5 || r.bottom > b.bottom + 0.5;
+  }).map(t => t.textContent);
+})"""
+
+
+def test_no_chart_label_is_cut_even_for_long_task_names(browser, tmp_path):
+    page, _ = _site(browser, tmp_path, data_edit=_more_tasks(2))
+    try:
+        page.page.click(f"#board tbody tr[data-row] >> nth={page.rows().index(('blip2-tiny', 'joint'))}")
+        labels = page.page.locator("#detail svg.chart text").all_text_contents()
+        assert "synth_grid_copy_number_1" in labels
+        assert page.page.evaluate(TEXT_OUTSIDE) == []  # the detail chart's, and the plots'
+        assert page.page.locator("#plots svg").count() == 2
+    finally:
+        page.page.close()
+
+
+def _mean_over(row, tasks):
+    return sum(row["cells"][t]["mean"] for t in tasks) / len(tasks)
+
+
+def test_the_plots_show_frozen_against_joint_per_model_and_recovered_per_task(page, site):
+    _, data = site
+    plots = page.page.locator("#plots")
+    assert plots.is_visible()
+    points = plots.locator("svg.scatter circle.point")
+    assert points.count() == 2  # blip2 and kosmos2 have both regimes; idefics2 only frozen
+    tips = points.locator("title").all_text_contents()
+    blip2 = {r["condition"]: r for r in data["rows"] if data["models"][r["model"]]["name"] == "blip2-tiny"}
+    tasks = sorted(blip2["frozen"]["cells"])
+    assert (f"blip2-tiny: frozen {_mean_over(blip2['frozen'], tasks):.3f}, "
+            f"joint {_mean_over(blip2['joint'], tasks):.3f} (mean over 3 tasks)") in tips
+    assert sorted(plots.locator("svg.scatter text.label").all_text_contents()) == ["blip2-tiny", "kosmos2-tiny"]
+    # recovered: one dot per (model regime, task) that has a share; only blip2 ran blind and oracle
+    dots = plots.locator("svg.strips circle.point")
+    shares = [(c, t, v) for c, r in blip2.items() if r["role"] == "regime" for t, v in r["recovered"].items()]
+    assert dots.count() == len(shares) > 0
+    c, t, v = shares[0]
+    assert f"blip2-tiny {c} on {t}: recovered {v['value']:.3f}" in " ".join(dots.locator("title").all_text_contents())
+    # the plots follow the table's filters and numbers
+    page.page.select_option("#family", "kosmos2")
+    assert points.count() == 1 and plots.locator("svg.strips").count() == 0
+    page.page.select_option("#family", "")
+    page.page.check("#normalise")
+    frozen = blip2["frozen"]["cells"]
+    normalised = sum((frozen[t]["mean"] - frozen[t]["chance"]) / (1 - frozen[t]["chance"]) for t in tasks) / 3
+    assert any(tip.startswith(f"blip2-tiny: frozen {normalised:.3f}") for tip in points.locator("title").all_text_contents())
+    assert page.errors == []
