@@ -1,4 +1,4 @@
-"""`run --tasks synthetic --limit 64` works for every family's tiny card and for the vision_patches baseline."""
+"""`run --tasks synthetic --limit 24` works for every family's tiny card and for the vision_patches baseline."""
 
 import pytest
 
@@ -12,7 +12,7 @@ TINY_CARDS = ["blip2-tiny", "instructblip-tiny", "idefics-tiny", "idefics2-tiny"
 
 @pytest.mark.parametrize("card, point", [*[(c, None) for c in TINY_CARDS], ("blip2-tiny", "vision_patches")])
 def test_every_family_runs_the_synthetic_group(card, point, tmp_path):
-    config = RunConfig(model=card, tasks=["synthetic"], seeds=1, limit=64, output=tmp_path, device="cpu", point=point,
+    config = RunConfig(model=card, tasks=["synthetic"], seeds=1, limit=24, output=tmp_path, device="cpu", point=point,
                        baselines=[], control=False)
     result = Runner(config).run()
     assert sorted(result.tasks) == sorted(t.name for t in TaskRegistry().resolve("synthetic"))
