@@ -212,7 +212,7 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo's results go")] = Path("results/demo"),
     seeds: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The embedded testbed: a small BLIP-2 pretrained here (once, about 2.5 minutes) on small copies of the grid and
+    """The embedded testbed: a small BLIP-2 pretrained here (once, about 4 minutes) on small copies of the grid and
     relation tasks, frozen and joint, between the blind floor and the oracle ceiling. Offline, CPU, minutes."""
     run(model="blip2-pretrained", tasks=DEMO_TASKS, seeds=seeds, limit=None, output=output, batch_size=64,
         workers=None, device=Device.auto, cache_dir=None, include_path=[DEMO_TASK_DIR], mixed_precision=Precision.auto, point=None,
@@ -364,6 +364,8 @@ def ls(
     except SpatialbenchError as e:
         _fail(e)
     out.print(table)
+    for error in reg.errors:  # a file that failed to load is missing from the table: say which and why
+        err.print(f"[yellow]left out:[/yellow] {error}")
 
 
 @app.command()

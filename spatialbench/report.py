@@ -41,11 +41,12 @@ class Reporter:
         self.console = console or Console(stderr=True)
 
     def _progress(self) -> Progress:
-        # The counts and the time first, the free-text note last: on a narrow terminal only the note is cut.
-        return Progress(TextColumn("{task.description}", table_column=Column(overflow="fold")),
+        # The name, counts and time are never wrapped; the free-text note last is the one column rich may
+        # narrow (it then wraps), so on a narrow terminal only the note gives way.
+        return Progress(TextColumn("{task.description}", table_column=Column(no_wrap=True)),
                         BarColumn(bar_width=12), MofNCompleteColumn(table_column=Column(no_wrap=True)),
                         TimeElapsedColumn(table_column=Column(no_wrap=True)),
-                        TextColumn("{task.fields[note]}", table_column=Column(overflow="ellipsis", no_wrap=True)),
+                        TextColumn("{task.fields[note]}", table_column=Column(overflow="ellipsis")),
                         console=self.console, transient=False)
 
     def info(self, text: str) -> None:

@@ -1,7 +1,9 @@
 """Every shipped task and card loads; bad files and unknown names fail naming the file and field."""
 
 import pytest
+from typer.testing import CliRunner
 
+from spatialbench.cli import app
 from spatialbench.errors import SpatialbenchError, ValidationErrors
 from spatialbench.registry import ModelRegistry, TaskRegistry, builtin_dir
 
@@ -83,6 +85,14 @@ def test_one_bad_file_leaves_the_others_of_its_directory_usable_and_is_named(tmp
     with pytest.raises(SpatialbenchError) as e:
         registry.resolve("broken")
     assert str(tmp_path / "bad.yaml") in str(e.value) and "spatialbench validate" in str(e.value)
+
+
+def test_ls_tasks_lists_the_good_files_and_names_the_one_left_out(tmp_path):
+    (tmp_path / "good.yaml").write_text(TASK.format(name="mine"))
+    (tmp_path / "bad.yaml").write_text("name: broken\nkind: [\n")
+    result = CliRunner().invoke(app, ["ls", "tasks", "--include-path", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert " mine " in result.output and "left out:" in result.output and str(tmp_path / "bad.yaml") in result.output
 
 
 def test_missing_include_path_is_an_error(tmp_path):
