@@ -4,7 +4,7 @@ The run goes in a subprocess under RLIMIT_DATA (the kernel's cap on a process's 
 heap and anonymous maps, so every tensor; not the page cache the feature shards are read through). The
 process first runs the same task at a tenth of the size, so imports, allocator pools and lazy state
 exist before the cap is set; the cap then leaves CAP_MB above what that warm-up holds. The features of
-the capped run (prompts and vision features, fp32) are about four times CAP_MB.
+the capped run (prompts and vision features, fp32) are about 2.7 times CAP_MB.
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-CAP_MB = 100
+CAP_MB = 150  # headroom over the warm-up: at 100 a run once failed an 8 MB allocation (garbage not yet collected)
 SCRIPT = textwrap.dedent('''
     import json, resource, sys
     import torch
@@ -78,5 +78,5 @@ def test_a_task_whose_features_exceed_the_memory_cap_finishes(tmp_path, small_ta
     assert report["status"] == "ok", done.stderr[-4000:]
     rows = 40 * 10  # distinct images of cap_large
     features_mb = 2 * rows * 64 * 2048 * 4 / 2**20  # prompts and vision features
-    assert features_mb > 3 * CAP_MB  # the features could never have been held under the cap
+    assert features_mb > 2.5 * CAP_MB  # the features could never have been held under the cap
     assert report["conditions"] == ["blind", "frozen", "vision_patches"]
