@@ -244,10 +244,11 @@
   const FIRST = 100, CHUNK = 250;
   let rendered = false, generation = 0;
 
-  // Ranks count within a section; a section after the first opens with a row that says what it is.
+  // Ranks count within a section; a section with a heading opens with a row that says what it is.
+  const sectionStart = {};  // section -> its first position in the order (kept across chunks)
   function appendRows(body, order, from, to, tasks, statsOf) {
     const frag = document.createDocumentFragment();
-    const width = tasks.length + 9;
+    const width = tasks.length + 9;  // rank, model, family, condition, the five summaries, the tasks
     for (let k = from; k < Math.min(to, order.length); k++) {
       const section = statsOf[order[k]].section;
       if (k === 0 || statsOf[order[k - 1]].section !== section) {
@@ -259,7 +260,6 @@
     }
     body.appendChild(frag);
   }
-  const sectionStart = {};
 
   function render() {
     const tasks = visibleTasks();
