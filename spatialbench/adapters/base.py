@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from ..errors import SpatialbenchError, from_validation_error
 from ..specs import ModelCard, Strict
 from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES
+from .pixels import ProcessorPixels
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
@@ -103,6 +104,15 @@ class Adapter(ABC):
     @abstractmethod
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images -> pixel batch, exactly as the model's own processor prepares them."""
+
+    def decode_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """The part of preprocess a decoding worker runs, on the CPU: by default all of it."""
+        return self.preprocess(images)
+
+    def finish_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """decode_pixels' batch as the model reads it, on its device: finish_pixels(decode_pixels(x))
+        equals preprocess(x)."""
+        return pixels.to(self.device, self.dtype, non_blocking=True)
 
     @abstractmethod
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -205,7 +215,7 @@ class Adapter(ABC):
         raise NotImplementedError
 
 
-class CheckpointAdapter(Adapter):
+class CheckpointAdapter(ProcessorPixels, Adapter):
     """The common part of the dedicated adapters: a `checkpoint`, its `config`, the `parts` of the model that
     make the visual prompt, the LLM's `embeddings` table, and a module-level `shape_at(config, point)` named
     as `config_shape`.
@@ -302,10 +312,6 @@ class CheckpointAdapter(Adapter):
     def embedding_table(cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
         """The token-embedding module from its tensors (named as in the table's module)."""
         return torch.nn.Embedding.from_pretrained(tensors["weight"], freeze=True)
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=self.fit(images), return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ from ..errors import SpatialbenchError
 from ..specs import ModelCard
 from .base import DTYPES, Adapter, AdapterOptions, card_options, register_family
 from .loading import resolve
+from .pixels import ProcessorPixels
 
 
 class GenericOptions(AdapterOptions):
@@ -78,7 +79,7 @@ class _Given(nn.Module):
 
 
 @register_family("generic")
-class GenericAdapter(Adapter):
+class GenericAdapter(ProcessorPixels, Adapter):
     options_model = GenericOptions
     @classmethod
     def runtime_class(cls, card: ModelCard) -> str:
@@ -127,9 +128,6 @@ class GenericAdapter(Adapter):
             yield
         finally:
             handle.remove()
-
-    def preprocess(self, images) -> torch.Tensor:
-        return self.processor(images=self.fit(images), return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _first(self._module(self.options.vision_module)(pixel_values=pixel_values))

@@ -70,6 +70,7 @@ def shape_at(config, point: str) -> tuple[int, int]:
 
 @register_family("idefics")
 class IdeficsAdapter(CheckpointAdapter):
+    split_pixels = False  # its processor's output is reshaped below (one image per prompt)
     hf_class = "IdeficsForVisionText2Text"
     config_shape = staticmethod(shape_at)
     parts_class = staticmethod(lambda config: _parts_class()(config))

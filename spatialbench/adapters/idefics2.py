@@ -101,6 +101,7 @@ class Idefics2Options(AdapterOptions):
 
 @register_family("idefics2")
 class Idefics2Adapter(CheckpointAdapter):
+    split_pixels = False  # it splits and pads images after normalising, and packs the pixel mask in
     hf_class = "Idefics2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
     parts_class = Idefics2Parts

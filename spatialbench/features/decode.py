@@ -43,7 +43,7 @@ class Decoded(Dataset):
                 kept.append(key)
             except SpatialbenchError as e:  # recorded with its path and skipped, not fatal to the run
                 failed[content_key] = str(e)
-        return kept, self.adapter.preprocess(images) if images else None, failed
+        return kept, self.adapter.decode_pixels(images) if images else None, failed
 
 
 def _worker_on_cpu(_: int) -> None:
@@ -57,5 +57,3 @@ def batches_in_order(dataset: Decoded, workers: int, pin: bool) -> Iterable:
     # fork: workers inherit the image loaders (closures) and the processor without pickling them
     return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(dataset)), pin_memory=pin,
                       worker_init_fn=_worker_on_cpu, multiprocessing_context="fork", prefetch_factor=2)
-
-

@@ -180,7 +180,7 @@ class FeatureStore:
                         features = vision.rows([(todo[k][2], None) for k in batch])[:].to(self.adapter.device)
                         out = self.adapter.resample(features, texts)
                     else:
-                        out = self.adapter.visual_prompt(pixels.to(self.adapter.device, non_blocking=True), texts)
+                        out = self.adapter.visual_prompt(self.adapter.finish_pixels(pixels), texts)
                     out = out.detach().to("cpu", self.dtype)
                 self.extracted += len(batch)
                 if shard is None:
