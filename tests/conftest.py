@@ -29,13 +29,11 @@ SMALL_TASKS = {
 }
 
 
-@pytest.fixture
-def small_tasks(tmp_path) -> Path:
+def write_small_tasks(root: Path) -> Path:
     """Task YAMLs over a few small scenes, one per kind, in group `small`: seconds, not minutes."""
     import yaml
 
-    root = tmp_path / "tasks"
-    root.mkdir()
+    root.mkdir(parents=True)
     for name, (kind, extra, arch) in SMALL_TASKS.items():
         spec = {
             "name": name, "kind": kind, "groups": ["small"],
@@ -46,3 +44,8 @@ def small_tasks(tmp_path) -> Path:
         }
         (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     return root
+
+
+@pytest.fixture
+def small_tasks(tmp_path) -> Path:
+    return write_small_tasks(tmp_path / "tasks")

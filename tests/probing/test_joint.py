@@ -13,6 +13,8 @@ from spatialbench.results import RunResult, read_results
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
 
+from ..conftest import write_small_tasks
+
 ALL_BASELINES = ["blind", "random_resampler", "vision_patches"]
 
 
@@ -25,8 +27,15 @@ def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Run
     return runner, runner.run()
 
 
-def test_both_regimes_baselines_control_and_the_gap_are_reported(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path, control=True, mdl=True)
+@pytest.fixture(scope="module")
+def both_run(tmp_path_factory) -> tuple[Runner, RunResult]:
+    """One run of both regimes, all baselines, control and MDL, read by several tests (each costs ~20 s)."""
+    tmp = tmp_path_factory.mktemp("joint-run")
+    return _run(write_small_tasks(tmp / "tasks"), tmp, control=True, mdl=True)
+
+
+def test_both_regimes_baselines_control_and_the_gap_are_reported(both_run):
+    runner, result = both_run
     assert result.regimes == ["frozen", "joint"] and result.baselines == ALL_BASELINES
     assert result.resampler_lr == [1e-3]  # the flag's, recorded with the results
     assert result.joint_training.resampler_mode == "train" and result.joint_training.mixed_precision == "no"
@@ -51,8 +60,8 @@ def test_both_regimes_baselines_control_and_the_gap_are_reported(small_tasks, tm
     assert read_results(runner.results_path) == result
 
 
-def test_every_joint_fit_starts_from_the_checkpoints_resampler(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path)
+def test_every_joint_fit_starts_from_the_checkpoints_resampler(both_run):
+    runner, result = both_run
     starts = [d for t in result.tasks.values() for d in t.conditions["joint"].resampler_start]
     assert len(starts) == 2 * 2 and len(set(starts)) == 1  # two tasks x two seeds, one starting point
     runner.snapshot.restore()
@@ -145,8 +154,8 @@ def test_the_vision_encoder_runs_once_per_image_per_run(small_tasks, tmp_path, m
     assert result.extraction.extracted == result.extraction.prompts  # prompts came from cached vision features
 
 
-def test_version_1_results_still_read(small_tasks, tmp_path):
-    runner, result = _run(small_tasks, tmp_path, tasks="small_vsr")
+def test_version_1_results_still_read(both_run, tmp_path):
+    runner, result = both_run
     v1 = result.model_dump(mode="json")
     v1["schema_version"] = 1
     for key in ("regimes", "baselines", "resampler_lr"):
