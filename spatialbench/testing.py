@@ -41,12 +41,17 @@ def _texts(adapter: Adapter, n: int) -> list[str] | None:
     return [TEXTS[i % len(TEXTS)] for i in range(n)] if adapter.reads_text else None
 
 
-def _equal_to_model(adapters: dict[str, Adapter], px: torch.Tensor) -> Check:
-    any_adapter = next(iter(adapters.values()))
+def _reference(adapter: Adapter, px: torch.Tensor) -> dict[str, torch.Tensor] | str:
+    """The full model's own prompts and hidden states, or why there are none."""
     try:
-        reference = any_adapter.reference_prompts(px, _texts(any_adapter, len(px)))
+        return adapter.reference_prompts(px, _texts(adapter, len(px)))
     except NotImplementedError as e:
-        return Check("prompt equals the model's own LLM input", "n/a", f"no reference_prompts: {e}")
+        return f"no reference_prompts: {e}"
+
+
+def _equal_to_model(adapters: dict[str, Adapter], px: torch.Tensor, reference: dict | str) -> Check:
+    if isinstance(reference, str):
+        return Check("prompt equals the model's own LLM input", "n/a", reference)
     compared, bad = [], []
     for point, adapter in adapters.items():
         if point not in reference:
@@ -60,6 +65,28 @@ def _equal_to_model(adapters: dict[str, Adapter], px: torch.Tensor) -> Check:
         return Check("prompt equals the model's own LLM input", "fail", "reference has none of the adapter's points")
     return Check("prompt equals the model's own LLM input", "fail" if bad else "pass",
                  "; ".join(bad) or f"bit-equal at {', '.join(compared)}")
+
+
+def _layers_equal_to_model(adapter: Adapter, px: torch.Tensor, reference: dict | str) -> Check:
+    """Every declared layer, from the adapter's one forward, bit-equal to the full model's own hidden state
+    there, and of the shape it declares."""
+    name = "every declared layer equals the model's own hidden state"
+    if not adapter.layers:
+        return Check(name, "n/a", "the family declares no layers")
+    if isinstance(reference, str):
+        return Check(name, "n/a", reference)
+    ours = adapter.prompts_at(px, adapter.layers, _texts(adapter, len(px)))
+    bad = []
+    for layer in adapter.layers:
+        mine, theirs, want = ours[layer], reference.get(layer), (len(px), *adapter.shape_at(layer))
+        if theirs is None:
+            bad.append(f"{layer}: not in the reference")
+        elif tuple(mine.shape) != want:
+            bad.append(f"{layer}: shape {tuple(mine.shape)}, declared {want}")
+        elif mine.shape != theirs.shape or not torch.equal(mine, theirs):
+            diff = (mine.float() - theirs.float()).abs().max().item() if mine.shape == theirs.shape else "shape"
+            bad.append(f"{layer}: max |diff| {diff}")
+    return Check(name, "fail" if bad else "pass", "; ".join(bad) or f"bit-equal at {', '.join(adapter.layers)}")
 
 
 def _shape_and_dtype(adapter: Adapter, px: torch.Tensor) -> Check:
@@ -183,8 +210,11 @@ def run_checks(card: ModelCard, *, device: str = "cpu", cache_dir: Path | None =
     for point in points:
         adapters[point] = family.load(card, device=device, cache_dir=cache_dir, point=point,
                                       trust_remote_code=trust_remote_code)
-    px = next(iter(adapters.values())).preprocess(probe_images())
-    checks = [_guarded(_equal_to_model, adapters, px), _guarded(_checkpoint_read, next(iter(adapters.values())))]
+    first = next(iter(adapters.values()))
+    px = first.preprocess(probe_images())
+    reference = _reference(first, px)  # the full model is loaded once
+    checks = [_guarded(_equal_to_model, adapters, px, reference), _guarded(_layers_equal_to_model, first, px, reference),
+              _guarded(_checkpoint_read, first)]
     for point, adapter in adapters.items():
         for check in PER_POINT:
             result = _guarded(check, adapter, px)

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from ..errors import SpatialbenchError, from_validation_error
 from ..specs import ModelCard, Strict
 from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES
+from .layers import Tap, stage_of, tapped
 from .pixels import ProcessorPixels
 
 ENTRY_POINT_GROUP = "spatialbench.adapters"
@@ -206,6 +207,44 @@ class Adapter(ABC):
         features = self.vision_features(pixel_values)
         return features if self.point == "vision_patches" else self.resample(features, text)
 
+    def layer_taps(self) -> dict[str, Tap]:
+        """The layers this adapter offers as extraction points, in forward order (see layers.py); none by default."""
+        return {}
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.layer_taps())
+
+    def tap_root(self) -> torch.nn.Module:
+        """The module the taps' paths start from in the adapter's own forward."""
+        raise NotImplementedError(f"family '{self.family}' declares layers but no tap_root")
+
+    def reference_root(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The full model's module that matches tap_root, for reference_prompts' taps."""
+        raise NotImplementedError(f"family '{self.family}' declares layers but no reference_root")
+
+    def reference_layers(self, model: torch.nn.Module):
+        """A context in which a forward of the full model records every declared layer (for reference_prompts)."""
+        return tapped(self.reference_root(model), self.layer_taps()) if self.layer_taps() else _nothing()
+
+    @torch.no_grad()
+    def prompts_at(self, pixel_values: torch.Tensor, points: list[str],
+                   text: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The prompt at every one of `points` (extraction points and layers) from one forward pass."""
+        taps = self.layer_taps()
+        wanted = {p: taps[p] for p in points if p in taps}
+        standard = [p for p in points if p not in taps]
+        out: dict[str, torch.Tensor] = {}
+        with tapped(self.tap_root(), wanted) if wanted else _nothing() as got:
+            features = self.vision_features(pixel_values)
+            for p in standard:
+                with self.at_point(p):
+                    out[p] = features if p == "vision_patches" else self.resample(features, text)
+            if all(p == "vision_patches" for p in standard) and any(stage_of(p) != "vision" for p in wanted):
+                with self.at_point("resampler" if "resampler" in self.points else self.point):
+                    self.resample(features, text)  # run for its taps alone
+        return {**out, **{p: got[p] for p in wanted}}
+
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         """What the full Hugging Face model itself feeds its language model, captured with hooks.
 
@@ -326,7 +365,14 @@ class CheckpointAdapter(ProcessorPixels, Adapter):
         return f"{self.family}|{self.checkpoint.fingerprint()}|{self.point}|{self.card.dtype}{self.fit_key()}"
 
     def shape_at(self, point: str) -> tuple[int, int]:
-        return type(self).config_shape(self.config, point)
+        taps = self.layer_taps()
+        return type(self).config_shape(self.config, taps[point].like if point in taps else point)
+
+    def tap_root(self) -> torch.nn.Module:
+        return self.parts
+
+    def reference_root(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.get_submodule(self.strip.rstrip(".")) if self.strip else model  # parts' names less strip
 
     @property
     def text_dim(self) -> int:
@@ -349,6 +395,11 @@ def check_declared(adapter: Adapter) -> None:
                 f"card '{adapter.card.name}' declares {list(shape)} at {point}; the checkpoint gives "
                 f"{list(adapter.shape_at(point))}", field=f"declares.shapes.{point}",
                 fix=f"set it to {list(adapter.shape_at(point))} in the card")
+
+
+@contextmanager
+def _nothing():
+    yield {}
 
 
 _FAMILIES: dict[str, type[Adapter]] = {}

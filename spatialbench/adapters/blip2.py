@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .base import CheckpointAdapter, decoder_inputs, register_family
+from .layers import Tap, stack, vision_depths
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -37,6 +38,15 @@ class Blip2Parts(nn.Module):
         return self.language_projection(out) if project else out
 
 
+def qformer_taps(config) -> dict[str, Tap]:
+    """The vision encoder at a few depths and every Q-Former layer's query outputs (BLIP-2, InstructBLIP); the
+    last Q-Former layer is the resampler point itself."""
+    return {**stack("vision", "vision_model.encoder.layers", vision_depths(config.vision_config.num_hidden_layers),
+                    "vision_patches"),
+            **stack("resampler", "qformer.encoder.layer", list(range(1, config.qformer_config.num_hidden_layers + 1)),
+                    "resampler", tokens=config.num_query_tokens)}
+
+
 def shape_at(config, point: str) -> tuple[int, int]:
     """Visual-prompt shape from a Blip2Config alone (no weights needed)."""
     if point == "vision_patches":
@@ -60,6 +70,9 @@ class Blip2Adapter(CheckpointAdapter):
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.resample(vision_features, project=self.point == "projected")
 
+    def layer_taps(self) -> dict[str, Tap]:
+        return qformer_taps(self.config)
+
     def resampler_parameters(self) -> list[nn.Parameter]:
         params = [self.parts.query_tokens, *self.parts.qformer.parameters()]
         if self.point == "projected":
@@ -79,12 +92,13 @@ class Blip2Adapter(CheckpointAdapter):
         q = model.config.num_query_tokens
         ids = torch.full((pixel_values.shape[0], q + 2), model.config.image_token_index, device=self.device)
         ids[:, q:] = self.tokenizer.eos_token_id
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_layers(model) as layers:
             model(pixel_values=pixel_values, input_ids=ids, **decoder_inputs(model.config, len(ids), self.device))
         resampler = captured["qformer"]
         if resampler.dtype != captured["vision"].dtype:  # what the projection reads
             resampler = resampler.to(captured["vision"].dtype)
-        return {"projected": captured["lm"][:, :q], "resampler": resampler, "vision_patches": captured["vision"]}
+        return {"projected": captured["lm"][:, :q], "resampler": resampler, "vision_patches": captured["vision"],
+                **layers}
 
 
 @tiny_builder("blip2-tiny")

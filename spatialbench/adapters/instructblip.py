@@ -17,7 +17,8 @@ from torch import nn
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
 from .base import AdapterOptions, CheckpointAdapter, decoder_inputs, register_family
-from .blip2 import shape_at  # the same config fields
+from .blip2 import qformer_taps, shape_at  # the same config fields
+from .layers import Tap
 from .tiny import IMAGE_SIZE, WORDS, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "qformer.", "query_tokens", "language_projection.")
@@ -98,6 +99,9 @@ class InstructBlipAdapter(CheckpointAdapter):
         return self.parts.resample(vision_features, ins["qformer_input_ids"], ins["qformer_attention_mask"],
                                    project=self.point == "projected")
 
+    def layer_taps(self) -> dict[str, Tap]:
+        return qformer_taps(self.config)  # the instruction's tokens follow the queries: cut off
+
     def resampler_parameters(self) -> list[nn.Parameter]:
         # The last Q-Former layer's text feed-forward (intermediate, output) only produces text states that
         # nothing reads: it is not between the vision features and the prompt.
@@ -121,11 +125,11 @@ class InstructBlipAdapter(CheckpointAdapter):
         b, q = pixel_values.shape[0], model.config.num_query_tokens
         ids = torch.full((b, q + 1), model.config.image_token_index, device=self.device)
         ids[:, q:] = self.tokenizer.eos_token_id
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_layers(model) as layers:
             model(pixel_values=pixel_values, input_ids=ids, **self.instruction(text, b),
                   **decoder_inputs(model.config, b, self.device))
         return {"projected": captured["lm"][:, :q], "resampler": captured["qformer"][:, :q],
-                "vision_patches": captured["vision"]}
+                "vision_patches": captured["vision"], **layers}
 
 
 def _build_tiny(out: Path, seq2seq: bool) -> None:
