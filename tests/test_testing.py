@@ -18,6 +18,25 @@ def test_every_family_tiny_card_is_conformant(name):
     checks = assert_conformant(name)
     assert any(c.name.startswith("prompt equals") and c.status == "pass" for c in checks)
     assert sum(c.status == "pass" for c in checks) >= 10
+    layers = {c.name: c for c in checks}["every declared layer equals the model's own hidden state"]
+    # the generic family runs a user's method and declares no layers; the six named families declare theirs
+    assert layers.status == ("n/a" if name == "generic-blip2-tiny" else "pass"), layers.detail
+
+
+def test_the_check_catches_a_layer_the_adapter_computes_differently_from_the_model(monkeypatch):
+    load = Blip2Adapter.load
+
+    def drifting(*args, **kwargs):
+        adapter = load(*args, **kwargs)
+        first = adapter.parts.qformer.encoder.layer[0]  # the adapter's own module, not the reference model's
+        first.register_forward_hook(lambda m, a, out: (out[0] * 1.001, *out[1:]) if isinstance(out, tuple) else out * 1.001)
+        return adapter
+
+    monkeypatch.setattr(Blip2Adapter, "load", drifting)
+    checks = {c.name: c for c in run_checks(ModelRegistry().get("blip2-tiny"))}
+    layers = checks["every declared layer equals the model's own hidden state"]
+    assert layers.status == "fail" and "resampler.1: max |diff|" in layers.detail
+    assert "vision.1" not in layers.detail  # the vision layers before it still match
 
 
 def _statuses(checks):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
 from .base import CheckpointAdapter, register_family
+from .layers import Tap, stack, vision_depths
 from .loading import materialise_module
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
@@ -58,6 +60,25 @@ def _parts_class():
             self.post_init()
 
     return IdeficsParts
+
+
+@dataclass(frozen=True)
+class LatentsIn(Tap):
+    """The latents entering a perceiver block: its attention is called as attn(context, latents)."""
+
+    def take(self, value) -> torch.Tensor:
+        return value[1]
+
+
+def perceiver_taps(config) -> dict[str, Tap]:
+    """The vision tower at a few depths and every perceiver block's latents. A block adds its attention and MLP
+    to the latents (`latents = ff(latents) + latents`), a sum no module returns: block n's result is what block
+    n + 1's attention reads as latents, and the last block's is what enters the final layer_norm."""
+    v, depth = config.vision_config, config.perceiver_config.resampler_depth
+    blocks = {f"resampler.{n}": LatentsIn(f"perceiver_resampler.blocks.{n}.0", "resampler", read="input")
+              for n in range(1, depth)}
+    return {**stack("vision", "vision_model.encoder.layers", vision_depths(v.num_hidden_layers), "vision_patches"),
+            **blocks, f"resampler.{depth}": Tap("perceiver_resampler.layer_norm", "resampler", read="input")}
 
 
 def shape_at(config, point: str) -> tuple[int, int]:
@@ -112,13 +133,18 @@ class IdeficsAdapter(CheckpointAdapter):
     def resampler_parameters(self) -> list[nn.Parameter]:
         return list(self.parts.perceiver_resampler.parameters())  # no projection outside the LLM exists
 
+    def layer_taps(self) -> dict[str, Tap]:
+        return perceiver_taps(self.config)
+
     def reference_prompts(self, pixel_values: torch.Tensor, text: list[str] | None = None) -> dict[str, torch.Tensor]:
         from transformers import IdeficsForVisionText2Text
 
         model = IdeficsForVisionText2Text.from_pretrained(self.checkpoint.root, dtype=self.dtype).eval()
         model.to(self.device)
         ids, image_mask = prompt_inputs(self.tokenizer, text or [""] * pixel_values.shape[0])
-        return capture_prompts(model, pixel_values[:, None], ids.to(self.device), image_mask.to(self.device))
+        with self.reference_layers(model) as layers:
+            prompts = capture_prompts(model, pixel_values[:, None], ids.to(self.device), image_mask.to(self.device))
+        return {**prompts, **layers}
 
 
 def prompt_inputs(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

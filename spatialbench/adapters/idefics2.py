@@ -27,6 +27,7 @@ where the model holds values its mask ignores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from .base import AdapterOptions, CheckpointAdapter, register_family
+from .layers import Tap
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("model.vision_model.", "model.connector.")
@@ -86,6 +88,17 @@ def on_fixed_grid(hidden: torch.Tensor, patch_mask: torch.Tensor, side: int) -> 
     return grid.view(b, side * side, -1)
 
 
+@dataclass(frozen=True)
+class ViewsTap(Tap):
+    """A perceiver layer's latents, [B x views, Q, D] as the connector runs, as one block per view like the prompt."""
+
+    views: int = 1
+
+    def take(self, value) -> torch.Tensor:
+        x = super().take(value)
+        return x.reshape(-1, self.views * x.shape[1], x.shape[2])
+
+
 def shape_at(config, point: str) -> tuple[int, int]:
     """Visual-prompt shape from an Idefics2Config alone (no weights needed)."""
     if point == "vision_patches":
@@ -117,8 +130,15 @@ class Idefics2Adapter(CheckpointAdapter):
         self.views = SPLIT_VIEWS if self.options.image_splitting else 1
 
     def shape_at(self, point: str) -> tuple[int, int]:
-        tokens, width = shape_at(self.config, point)
+        tokens, width = super().shape_at(point)  # a layer's shape is its `like` point's
         return (tokens * self.views, width)  # one block per view, in the processor's order
+
+    def layer_taps(self) -> dict[str, Tap]:
+        # Every perceiver layer returns the latents the next one reads (the last: what enters the final norm).
+        # No vision layers: the encoder runs on the batch's padded patch grid, whose size depends on the batch,
+        # so a block's output has no fixed shape (vision_patches is re-gridded by on_fixed_grid for that).
+        return {f"resampler.{n}": ViewsTap(f"connector.perceiver_resampler.layers.{n - 1}", "resampler", views=self.views)
+                for n in range(1, self.config.perceiver_config.resampler_depth + 1)}
 
     def fingerprint(self) -> str:
         return super().fingerprint() + ("|split" if self.views > 1 else "")
@@ -163,11 +183,12 @@ class Idefics2Adapter(CheckpointAdapter):
         block = [fake, *[model.config.image_token_id] * q]  # each view's latents, between fake tokens
         ids = torch.tensor([block * v + [fake, self.tokenizer.eos_token_id]] * b, device=self.device)
         views = pixel_values.reshape(b, v, 4, *pixel_values.shape[-2:])
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_layers(model) as layers:
             model(input_ids=ids, pixel_values=views[:, :, :3], pixel_attention_mask=views[:, :, 3].round().long())
         vision = on_fixed_grid(captured["vision"], captured["mask"], self.parts.side).reshape(b, -1, self.parts.hidden)
         lm = captured["lm"][ids == model.config.image_token_id].reshape(b, v * q, -1)
-        return {"projected": lm, "resampler": captured["pr"].reshape(b, v * q, -1), "vision_patches": vision}
+        return {"projected": lm, "resampler": captured["pr"].reshape(b, v * q, -1), "vision_patches": vision,
+                **layers}
 
 
 def tiny_config(tokenizer, **text_overrides):

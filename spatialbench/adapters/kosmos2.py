@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
 from .base import CheckpointAdapter, register_family
+from .layers import Tap, stack, vision_depths
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "image_to_text_projection.")
@@ -102,6 +103,14 @@ class Kosmos2Adapter(CheckpointAdapter):
         enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.device)
         return self.embeddings(enc["input_ids"]), enc["attention_mask"]
 
+    def layer_taps(self) -> dict[str, Tap]:
+        # Vision blocks: their raw output, CLS included, so (N + 1, D) like vision_patches (the last block's, after
+        # post_layernorm and normalize). The resampler is one layer, the latent queries' cross-attention x_attn:
+        # its output is the resampler point itself, declared anyway so a layer sweep ends at the resampler.
+        blocks = vision_depths(self.config.vision_config.num_hidden_layers)
+        return {**stack("vision", "vision_model.model.encoder.layers", blocks, "vision_patches"),
+                "resampler.1": Tap("image_to_text_projection.x_attn", "resampler")}
+
     def resampler_parameters(self) -> list[nn.Parameter]:
         if self.point == "vision_patches":
             return []
@@ -121,9 +130,10 @@ class Kosmos2Adapter(CheckpointAdapter):
         ids = torch.full((b, q + 3), model.config.text_config.bos_token_id, dtype=torch.long, device=self.device)
         mask = torch.zeros_like(ids)
         mask[:, 2:q + 2] = 1
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_layers(model) as layers:
             model(pixel_values=pixel_values, input_ids=ids, image_embeds_position_mask=mask)
-        return {"projected": captured["lm"], "resampler": captured["lm"], "vision_patches": captured["vision"]}
+        return {"projected": captured["lm"], "resampler": captured["lm"], "vision_patches": captured["vision"],
+                **layers}
 
 
 @tiny_builder("kosmos2-tiny")

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from .base import CheckpointAdapter, register_family
+from .layers import Tap, stack, vision_depths
 from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 POINTS = ("projected", "vision_patches")
@@ -102,6 +103,22 @@ class LlavaAdapter(CheckpointAdapter):
     def resample(self, vision_features: torch.Tensor, text: list[str] | None = None) -> torch.Tensor:
         return self.parts.multi_modal_projector(vision_features) if self.point == "projected" else vision_features
 
+    def layer_taps(self) -> dict[str, Tap]:
+        # Vision blocks only: no resampler. CLIPVisionModel (transformers 5) holds its encoder directly.
+        blocks = vision_depths(self.config.vision_config.num_hidden_layers)
+        return stack("vision", "vision_tower.encoder.layers", blocks, "vision_patches")
+
+    def shape_at(self, point: str) -> tuple[int, int]:
+        if point in self.layer_taps():
+            # A block's whole output, CLS kept (a Tap cannot drop it), one layer wide: vision_patches may differ
+            # in both (CLS dropped under "default", several layers concatenated for a list vision_feature_layer).
+            v = self.config.vision_config
+            return ((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+        return super().shape_at(point)
+
+    def reference_root(self, model: nn.Module) -> nn.Module:
+        return model.model  # LlavaForConditionalGeneration keeps vision_tower and the projector on its LlavaModel
+
     def resampler_parameters(self) -> list[nn.Parameter]:
         """The projector (LLaVA's only trainable connector) at `projected`; nothing at `vision_patches`."""
         return list(self.parts.multi_modal_projector.parameters()) if self.point == "projected" else []
@@ -118,9 +135,9 @@ class LlavaAdapter(CheckpointAdapter):
         q = shape_at(model.config, "projected")[0]
         ids = torch.full((pixel_values.shape[0], q + 2), model.config.image_token_id, device=self.device)
         ids[:, q:] = self.tokenizer.eos_token_id
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_layers(model) as layers:
             model(pixel_values=pixel_values, input_ids=ids)
-        return {"projected": captured["lm"][:, :q], "vision_patches": captured["patches"]}
+        return {"projected": captured["lm"][:, :q], "vision_patches": captured["patches"], **layers}
 
 
 @tiny_builder("llava-tiny")

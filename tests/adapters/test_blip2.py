@@ -102,6 +102,24 @@ def test_resampler_prompt_is_exactly_the_qformer_output(blip2_tiny, blip2_full):
         assert torch.equal(adapter.parts.language_projection(prompt), blip2_tiny("projected").visual_prompt(px))
 
 
+def test_layer_n_is_the_models_own_hidden_states_n(blip2_tiny, blip2_full):
+    # The taps' numbering against transformers' output_hidden_states (index 0: the embeddings), so that
+    # resampler.n means what a reader of the model's docs takes it to mean.
+    adapter = blip2_tiny("resampler")
+    px = adapter.preprocess(mixed_images())
+    ours = adapter.prompts_at(px, adapter.layers)
+    with torch.no_grad():
+        vision = blip2_full.vision_model(pixel_values=px, output_hidden_states=True)
+        queries = blip2_full.query_tokens.expand(len(px), -1, -1)
+        qformer = blip2_full.qformer(query_embeds=queries, encoder_hidden_states=vision.last_hidden_state,
+                                     output_hidden_states=True)
+    assert adapter.layers == ["vision.1", "vision.2", "resampler.1", "resampler.2"]
+    for name in adapter.layers:
+        stage, n = name.split(".")
+        assert torch.equal(ours[name], (vision if stage == "vision" else qformer).hidden_states[int(n)]), name
+    assert torch.equal(ours["resampler.2"], adapter.visual_prompt(px))  # the last layer is the resampler point
+
+
 def test_embed_text_is_the_models_own_input_embedding(blip2_tiny, blip2_full):
     adapter = blip2_tiny("projected")
     q = blip2_full.config.num_query_tokens

@@ -172,9 +172,24 @@ def test_injected_prompt_and_features_reproduce_the_models_output(idefics, full,
 def test_reference_prompts_agree_with_the_adapter(idefics):
     px = idefics().preprocess(square_scenes(3))
     reference = idefics().reference_prompts(px, TEXTS[:1] * 3)
-    assert set(reference) == set(POINTS)
+    assert set(reference) == {*POINTS, *idefics().layers}  # with every declared layer
     for point in POINTS:
         assert torch.equal(reference[point], idefics(point).visual_prompt(px)), point
+
+
+def test_layers_are_vision_depths_and_every_perceiver_block_bit_equal_to_the_model(idefics, tiny_cache):
+    from spatialbench.testing import run_checks
+
+    layers = ["vision.1", "vision.2", "resampler.1", "resampler.2"]
+    check = next(c for c in run_checks(CARD, cache_dir=tiny_cache) if c.name.startswith("every declared layer"))
+    assert (check.status, check.detail) == ("pass", f"bit-equal at {', '.join(layers)}")
+    adapter = idefics("resampler")
+    assert adapter.layers == layers
+    px = adapter.preprocess(mixed_images()[:3])
+    got = adapter.prompts_at(px, ["resampler", *layers])
+    assert all(got[n].shape == (3, *adapter.shape_at(n)) for n in layers)
+    with torch.no_grad():  # the last block's latents are what the final layer_norm turns into the prompt
+        assert torch.equal(adapter.parts.perceiver_resampler.layer_norm(got["resampler.2"]), got["resampler"])
 
 
 def test_embed_text_is_the_models_own_decoupled_input_embedding(idefics, full):

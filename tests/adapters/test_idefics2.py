@@ -142,6 +142,25 @@ def test_prompt_is_exactly_what_the_model_feeds_its_language_model(idefics2, ful
     assert torch.equal(adapter.reference_prompts(px)[point], prompt)  # the conformance check's own capture
 
 
+def assert_layers(adapter, checks, views):
+    """Every perceiver layer bit-equal to the model's, one block of latents per view, as the prompt."""
+    layers = ["resampler.1", "resampler.2"]  # no vision layers: their padded grid has no fixed shape
+    check = next(c for c in checks if c.name.startswith("every declared layer"))
+    assert (check.status, check.detail) == ("pass", f"bit-equal at {', '.join(layers)}")
+    assert adapter.layers == layers and all(adapter.shape_at(n) == (views * 8, 48) for n in layers)
+    px = adapter.preprocess(mixed_images()[2:])  # padding in the batch
+    got = adapter.prompts_at(px, ["resampler", *layers])
+    assert all(got[n].shape == (3, *adapter.shape_at(n)) for n in layers)
+    with torch.no_grad():  # the last layer's latents are what the final norm turns into the prompt
+        assert torch.equal(adapter.parts.connector.perceiver_resampler.norm(got["resampler.2"]), got["resampler"])
+
+
+def test_layers_are_every_perceiver_layer_bit_equal_to_the_model(idefics2, tiny_cache):
+    from spatialbench.testing import run_checks
+
+    assert_layers(idefics2("resampler"), run_checks(CARD, cache_dir=tiny_cache), views=1)
+
+
 def test_batch_grid_smaller_than_the_models_maximum(idefics2, full):
     """Images under the longest edge: the model builds a 5x8 patch grid, and the adapter must crop its fixed 8x8
     grid to exactly that. 50x40 is kept as is (between the edges) and ends in partial patches, which are masked."""
@@ -448,6 +467,7 @@ def test_image_splitting_gives_five_views_of_latents_exactly_as_the_model_reads_
     checks = run_checks(SPLIT, cache_dir=tiny_cache)
     assert not [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
     assert next(c for c in checks if c.name.startswith("prompt equals")).status == "pass"
+    assert_layers(Idefics2Adapter.load(SPLIT, cache_dir=tiny_cache), checks, views=5)
 
 
 def test_image_splitting_shapes_cost_and_the_whole_image_last(idefics2, tiny_cache):

@@ -217,16 +217,35 @@ def test_half_precision_is_exactly_what_the_text_model_reads(kosmos2_tiny, kosmo
 def test_reference_prompts_agree_with_the_adapter_at_every_point(kosmos2_tiny):
     px = kosmos2_tiny().preprocess(images(3))
     reference = kosmos2_tiny().reference_prompts(px)
-    assert set(reference) == set(POINTS)
+    assert set(reference) == {*POINTS, *kosmos2_tiny().layers}
     for point in POINTS:
         assert torch.equal(kosmos2_tiny(point).visual_prompt(px), reference[point])
 
 
-def test_conformance_check_passes(tiny_cache):
-    checks = run_checks(CARD, cache_dir=tiny_cache)
+@pytest.fixture(scope="module")
+def checks(tiny_cache):
+    return run_checks(CARD, cache_dir=tiny_cache)
+
+
+def test_conformance_check_passes(checks):
     failed = [c for c in checks if c.status == "fail"]
     assert not failed, failed
     assert checks[0].status == "pass" and "resampler, projected, vision_patches" in checks[0].detail
+
+
+def test_layers_are_the_vision_blocks_and_the_one_cross_attention_bit_equal_to_the_model(kosmos2_tiny, checks):
+    layers = ["vision.1", "vision.2", "resampler.1"]
+    check = next(c for c in checks if c.name.startswith("every declared layer"))
+    assert (check.status, check.detail) == ("pass", f"bit-equal at {', '.join(layers)}")
+    adapter = kosmos2_tiny("resampler")
+    assert adapter.layers == layers
+    got = adapter.prompts_at(adapter.preprocess(images(3)), ["resampler", "vision_patches", *layers])
+    assert all(got[n].shape == (3, *adapter.shape_at(n)) for n in layers)
+    assert [adapter.shape_at(n) for n in layers] == [(65, 32), (65, 32), (8, 48)]
+    assert torch.equal(got["resampler.1"], got["resampler"])  # the resampler's one layer is its output
+    with torch.no_grad():  # the last block, CLS kept, is what vision_patches normalises
+        assert torch.equal(torch.nn.functional.normalize(
+            adapter.parts.vision_model.model.post_layernorm(got["vision.2"]), dim=-1), got["vision_patches"])
 
 
 # ------------------------------------------------------------------------------- informative prompts

@@ -176,7 +176,7 @@ def test_reference_prompts_are_the_hooked_model_tensors(llava_tiny):
     projected, patches = llava_tiny("projected"), llava_tiny("vision_patches")
     px = projected.preprocess(mixed_images()[:3])
     ref = projected.reference_prompts(px)
-    assert set(ref) == set(LlavaAdapter.points)
+    assert set(ref) == {*LlavaAdapter.points, *projected.layers}
     assert torch.equal(ref["projected"], projected.visual_prompt(px))
     assert torch.equal(ref["vision_patches"], patches.visual_prompt(px))
 
@@ -402,12 +402,28 @@ def test_tiny_checkpoint_loads_like_a_hub_checkpoint(llava_dir):
     assert len(set(weight_map(llava_dir).values())) > 1 and not (llava_dir / loading.SINGLE).exists()
 
 
-def test_the_conformance_check_passes(tiny_cache):
+@pytest.fixture(scope="module")
+def checks(tiny_cache):
     from spatialbench.testing import assert_conformant
 
-    checks = {c.name: c.status for c in assert_conformant(CARD, cache_dir=tiny_cache)}
-    assert checks["prompt equals the model's own LLM input"] == "pass"
-    assert checks["[projected] resampler_parameters() is what joint training moves"] == "pass"
+    return {c.name: c for c in assert_conformant(CARD, cache_dir=tiny_cache)}
+
+
+def test_the_conformance_check_passes(checks):
+    assert checks["prompt equals the model's own LLM input"].status == "pass"
+    assert checks["[projected] resampler_parameters() is what joint training moves"].status == "pass"
+
+
+def test_layers_are_vision_blocks_only_bit_equal_to_the_model(llava_tiny, checks):
+    layers = ["vision.1", "vision.2"]  # no resampler
+    check = checks["every declared layer equals the model's own hidden state"]
+    assert (check.status, check.detail) == ("pass", f"bit-equal at {', '.join(layers)}")
+    adapter = llava_tiny("vision_patches")
+    assert adapter.layers == layers
+    got = adapter.prompts_at(adapter.preprocess(mixed_images()[:3]), ["vision_patches", *layers])
+    assert all(got[n].shape == (3, *adapter.shape_at(n)) == (3, Q + 1, 32) for n in layers)  # CLS kept
+    # vision_feature_layer=-2 of 2 blocks: vision_patches is block 1's output less its CLS token
+    assert torch.equal(got["vision.1"][:, 1:], got["vision_patches"])
 
 
 def test_registry_and_cards():
