@@ -37,6 +37,11 @@ def stage_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def reads_image_only(point: str) -> bool:
+    """Whether a point or layer lies before the resampler, so no text the resampler reads can change it."""
+    return point == "vision_patches" or stage_of(point) == "vision"
+
+
 def vision_depths(blocks: int, n: int = VISION_DEPTHS) -> list[int]:
     """Up to n evenly spaced block numbers of a vision encoder, 1-based, ending at its last block."""
     return sorted({max(1, round(blocks * j / n)) for j in range(1, n + 1)})

@@ -37,7 +37,7 @@ class Decoded(Dataset):
         """(keys decoded, their pixel batch, content key -> why an image could not be read)."""
         kept, images, failed = [], [], {}
         for key in self.batches[i]:
-            text, loader, content_key = self.todo[key]
+            text, loader, content_key = self.todo[key][:3]
             try:
                 images.append(loader())
                 kept.append(key)

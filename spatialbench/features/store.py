@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..adapters.base import Adapter
+from ..adapters.layers import reads_image_only
 from ..atomic import atomic_write
 from .decode import Decoded, ImageLoader, batches_in_order
 from .shards import FORMAT, BadShard, Reader, Shard, ShardWriter, checksum, write_shard
@@ -59,6 +60,35 @@ class Rows:
         return out
 
 
+class _Sink:
+    """The shard one store is filling during an ensure: closed when full or a minute old."""
+
+    def __init__(self, store: FeatureStore):
+        self.store, self.shard, self.since = store, None, time.monotonic()
+        self.keys: set[str] = set()  # given to the writer in this ensure (a text-blind store sees an image per text)
+
+    def add(self, writer: ThreadPoolExecutor, pending: list[Future], keys: list[str], rows: torch.Tensor) -> None:
+        fresh = []
+        for i, key in enumerate(keys):
+            if key not in self.keys:
+                self.keys.add(key)
+                fresh.append(i)
+        if not fresh:
+            return
+        store = self.store
+        if self.shard is None:
+            self.shard, self.since = store._open_shard(), time.monotonic()
+        pending.append(writer.submit(self.shard.add, [keys[i] for i in fresh], rows[fresh]))
+        self.shard.rows += len(fresh)
+        if self.shard.rows + store.batch_size > self.shard.max_rows or time.monotonic() - self.since >= SHARD_SECONDS:
+            self.close(writer, pending)
+
+    def close(self, writer: ThreadPoolExecutor, pending: list[Future]) -> None:
+        if self.shard is not None:
+            pending.append(writer.submit(self.store._close, self.shard))
+            self.shard = None
+
+
 class FeatureStore:
     """The on-disk cache of one adapter's visual prompts; counts what it extracts and reuses."""
 
@@ -69,6 +99,7 @@ class FeatureStore:
         with adapter.at_point(self.point):
             fingerprint, self.shape = adapter.fingerprint(), tuple(adapter.prompt_shape)
         self.dtype = adapter.dtype
+        self.reads_text = adapter.reads_text and not reads_image_only(self.point)  # else an entry is keyed by image
         self.model_key = digest(fingerprint)[:20]
         self.root = Path(cache_dir) / "features" / self.model_key
         self.shards = self.root / "shards"
@@ -89,7 +120,9 @@ class FeatureStore:
         self._migrate()
 
     def key(self, content_key: str, text: str | None = None) -> str:
-        return digest(self.model_key, content_key, text) if text is not None else digest(self.model_key, content_key)
+        if text is None or not self.reads_text:
+            return digest(self.model_key, content_key)
+        return digest(self.model_key, content_key, text)
 
     # -- the index: every shard's header, read once -------------------------------------------------------
 
@@ -132,27 +165,35 @@ class FeatureStore:
     # -- extraction -------------------------------------------------------------------------------------------
 
     def ensure(self, items: Iterable[Request], on_batch: Callable[[int], None] | None = None,
-               vision: FeatureStore | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+               vision: FeatureStore | None = None, shard: tuple[int, int] = (0, 1),
+               also: list[FeatureStore] = ()) -> None:
         """Extract every (content key, text, image loader) not yet cached, batch by batch.
 
         With `vision` (a store at the vision_patches point that already holds these images), prompts are
         resampled from the cached vision features, so the vision encoder runs once per image per run.
+        With `also` (stores of the same adapter at other points or layers), one forward fills them all: a
+        request is extracted when any of them lacks it, and each store gets the rows it lacks.
         `shard` = (rank, world): this process takes every world-th unique request, counted before the
         cache is looked at, so the shares never depend on what another process has written meanwhile.
         """
+        if vision is not None and also:
+            raise ValueError("ensure: `vision` resamples cached features; `also` needs the whole forward")
+        group = [self, *also]
         requests: dict[str, Request] = {}
         for content_key, text, loader in items:
             requests.setdefault(self.key(content_key, text), (content_key, text, loader))
         rank, world = shard
-        self._scan()
-        todo: dict[str, tuple[str | None, ImageLoader, str]] = {}
+        for store in group:
+            store._scan()
+        todo: dict[str, tuple[str | None, ImageLoader, str, list[FeatureStore]]] = {}
         for key, (content_key, text, loader) in list(requests.items())[rank::world]:
-            if self._locate(key):
+            lacking = [st for st in group if not st._locate(st.key(content_key, text))]
+            if not lacking:
                 self.reused += 1
                 if on_batch:
                     on_batch(1)
             else:
-                todo[key] = (text, loader, content_key)
+                todo[key] = (text, loader, content_key, lacking)
         # Batches never mix text-conditioned requests with plain ones.
         plain = [k for k, (text, *_) in todo.items() if text is None]
         conditioned = [k for k, (text, *_) in todo.items() if text is not None]
@@ -162,9 +203,9 @@ class FeatureStore:
         else:
             work = batches_in_order(Decoded(self.adapter, batches, todo), self.workers,
                                     pin=self.adapter.device.type == "cuda")
+        sinks = {id(st): _Sink(st) for st in group}
         with ThreadPoolExecutor(max_workers=1) as writer:  # rows are written while the next batches run
             pending: list[Future] = []
-            shard, since = None, time.monotonic()
             for batch, pixels, failed in work:
                 self.failed.update(failed)
                 if on_batch and failed:
@@ -175,27 +216,25 @@ class FeatureStore:
                     continue
                 texts = [todo[k][0] for k in batch]
                 texts = None if texts[0] is None else texts
-                with self.adapter.at_point(self.point), torch.no_grad():
+                with torch.no_grad():
                     if vision is not None:
                         features = vision.rows([(todo[k][2], None) for k in batch])[:].to(self.adapter.device)
-                        out = self.adapter.resample(features, texts)
+                        with self.adapter.at_point(self.point):
+                            outs = {self.point: self.adapter.resample(features, texts)}
                     else:
-                        out = self.adapter.visual_prompt(self.adapter.finish_pixels(pixels), texts)
-                    out = out.detach().to("cpu", self.dtype)
+                        outs = self.adapter.prompts_at(self.adapter.finish_pixels(pixels), [st.point for st in group],
+                                                       texts)
                 self.extracted += len(batch)
-                if shard is None:
-                    shard, since = self._open_shard(), time.monotonic()
-                pending.append(writer.submit(shard.add, batch, out))
-                shard.rows += len(batch)
-                if shard.rows + self.batch_size > shard.max_rows or time.monotonic() - since >= SHARD_SECONDS:
-                    pending.append(writer.submit(self._close, shard))
-                    shard = None
-                while pending and (pending[0].done() or len(pending) > MAX_PENDING):
+                for st in group:
+                    rows = [i for i, k in enumerate(batch) if st in todo[k][3]]
+                    keys = [st.key(todo[batch[i]][2], todo[batch[i]][0]) for i in rows]
+                    sinks[id(st)].add(writer, pending, keys, outs[st.point][rows].detach().to("cpu", st.dtype))
+                while pending and (pending[0].done() or len(pending) > MAX_PENDING * len(group)):
                     pending.pop(0).result()  # a failed write stops the run here, not silently
                 if on_batch:
                     on_batch(len(batch))
-            if shard is not None:
-                pending.append(writer.submit(self._close, shard))
+            for sink in sinks.values():
+                sink.close(writer, pending)
             for f in pending:
                 f.result()
 
