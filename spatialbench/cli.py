@@ -111,6 +111,9 @@ def run(
         help="MDL probing: online codelength and compression per classification task and regime")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(
         help="joint regime: recompute the resampler's activations in backward (less memory, slower)")] = False,
+    layers: Annotated[Optional[str], typer.Option(
+        help="layer-wise probing: 'all' the adapter's layers (`check-adapter` lists them) or some, e.g. "
+             "resampler.1,vision.2 (a bare n is resampler.n); one forward per image gives them all")] = None,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
     from .report import Reporter, log_progress, quiet_libraries
@@ -127,7 +130,8 @@ def run(
                            regime=regime.value, baselines=_baselines(baselines), control=control,
                            resampler_lr=resampler_lr or None, mdl=mdl, data_seed=data_seed,
                            resampler_mode=resampler_mode.value if resampler_mode else None,
-                           gradient_checkpointing=gradient_checkpointing, command=shlex.join(["spatialbench", *sys.argv[1:]]))
+                           gradient_checkpointing=gradient_checkpointing, layers=layers,
+                           command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()

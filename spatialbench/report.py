@@ -81,6 +81,8 @@ class Reporter:
                            f"{tuple(result.visual_prompt_shape)}, {len(result.seeds)} seed(s)")
         for task in result.tasks.values():
             self.console.print(task_table(task))
+            if task.status == "ok" and result.layers:
+                self.console.print(layer_table(task, result.layers))
         if any(c.p_holm is not None for t in result.tasks.values() for c in t.comparisons.values()):
             self.console.print("p: paired bootstrap over seeds and images; Holm: adjusted over every comparison of the "
                                "run's tasks together")
@@ -114,7 +116,7 @@ def task_table(task) -> Table:
     table.add_column("condition", overflow="fold", min_width=12)
     for col, width in (("mean±std", 11), ("95% CI", 15), ("recovered [95% CI]", 18)):
         table.add_column(col, justify="right", no_wrap=True, min_width=width)
-    conditions = task.conditions or {"frozen": None}
+    conditions = {n: c for n, c in task.conditions.items() if c.role != "layer"} or {"frozen": None}
     for name, cond in conditions.items():
         m = (cond.metrics if cond else task.metrics)[task.headline]
         r = cond.recovered if cond else None
@@ -128,10 +130,32 @@ def task_table(task) -> Table:
         if cond and cond.mdl:
             table.add_row(f"{name} MDL ({cond.mdl.codelength_bits:.0f} bits)", f"{cond.mdl.compression:.2f}x", "", "")
     for c in task.comparisons.values():
-        holm = f", Holm {p_value(c.p_holm)}" if c.p_holm is not None else ""
-        table.add_row(f"{c.a} - {c.b} ({p_text(c.p_value)}{holm})", f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), "")
+        if c.a in conditions and c.b in conditions:  # a layer's against the one before it: in the layer table
+            holm = f", Holm {p_value(c.p_holm)}" if c.p_holm is not None else ""
+            table.add_row(f"{c.a} - {c.b} ({p_text(c.p_value)}{holm})", f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), "")
     for note in task.notes:
         table.add_row(f"[yellow]{escape(note)}[/yellow]", "", "", "")
+    return table
+
+
+def layer_table(task, layers: list[str]) -> Table:
+    """A --layers run: the headline at each layer in forward order, and what each layer changes from the one
+    before it (paired CI, Holm-adjusted p); the levels of the prompt itself and the baselines beneath."""
+    table = Table(title=f"{escape(task.name)} by layer ({task.headline})", box=box.SIMPLE_HEAD, pad_edge=False,
+                  title_justify="left")
+    table.add_column("layer", overflow="fold", min_width=12)
+    for col, width in (("mean±std", 11), ("95% CI", 13), ("change", 6), ("95% CI", 15), ("p Holm", 6)):
+        table.add_column(col, justify="right", no_wrap=True, min_width=width)
+    for before, layer in zip([None, *layers], layers):
+        m = task.conditions[layer].metrics[task.headline]
+        c = task.comparisons.get(f"{layer}_vs_{before}")
+        step = (f"{c.diff:+.3f}", _ci(*c.ci95, signed=True), p_value(c.p_holm if c.p_holm is not None else c.p_value)) \
+            if c else ("", "", "")
+        table.add_row(layer, f"{m.mean:.3f}±{m.std:.3f}", _ci(*m.ci95), *step)
+    refs = [f"{name} {task.conditions[name].metrics[task.headline].mean:.3f}"
+            for name in ("blind", "vision_patches", "oracle", "frozen") if name in task.conditions]
+    if refs:
+        table.caption = "levels: " + ", ".join(refs)
     return table
 
 

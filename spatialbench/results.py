@@ -17,8 +17,9 @@ from .specs import ModelCard, ProbeSpec, Strict
 
 # 2 added conditions (regimes, baselines, control, MDL) and comparisons; 3 the oracle, recovered, probe_parameters
 # and task notes; 4 the validation-selected lr grid, joint_random, the comparisons' p_holm, the joint regime's
-# training recipe, the data seed and the test images seen in train. Older files still read.
-SCHEMA_VERSION = 4
+# training recipe, the data seed and the test images seen in train; 5 layer-wise probing (role "layer", layers,
+# extraction points). Older files still read.
+SCHEMA_VERSION = 5
 BUILD_INFO = "_build_info.json"  # written into the wheel by hatch_build.py
 LIMIT_NOTE = "testing only: --limit capped the examples per split; these numbers are not comparable"
 
@@ -93,10 +94,10 @@ class JointTraining(Strict):
 
 
 class ConditionResult(Strict):
-    """One way of probing a task: a regime (frozen, joint) or a baseline (blind, oracle, random_resampler,
-    vision_patches, joint_random)."""
+    """One way of probing a task: a regime (frozen, joint), a baseline (blind, oracle, random_resampler,
+    vision_patches, joint_random) or, with --layers, one layer (vision.n, resampler.n), probed frozen."""
 
-    role: Literal["regime", "baseline"]
+    role: Literal["regime", "baseline", "layer"]
     metrics: dict[str, MetricSummary]
     by_group: dict[str, dict[str, GroupScore]] = Field(default_factory=dict)
     seeds: list[SeedRun] = Field(default_factory=list)
@@ -147,11 +148,13 @@ class ExtractionStats(Strict):
     failed: int = Field(0, description="images that could not be read (their tasks are marked failed)")
     vision_extracted: int = Field(0, description="vision-encoder forwards for the vision-feature cache")
     by_process: list[int] = Field(default_factory=list, description="prompts extracted by each process")
+    points: list[str] = Field(default_factory=list, description="what each forward filled, where one forward "
+                              "filled several (a --layers run: the prompt, the vision features, every layer)")
     seconds: float = 0.0
 
 
 class RunResult(Strict):
-    schema_version: Literal[1, 2, 3, 4] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3, 4, 5] = SCHEMA_VERSION
     tool_version: str = __version__
     git_hash: str | None = None
     git_hash_source: str | None = Field(None, description="where git_hash came from: 'checkout', 'build' (baked into "
@@ -175,6 +178,7 @@ class RunResult(Strict):
     limit: int | None = None
     limit_note: str | None = None
     device: str = "cpu"
+    layers: list[str] = Field(default_factory=list, description="the layers probed (--layers), in forward order")
     extraction: ExtractionStats = Field(default_factory=ExtractionStats)
     tasks: dict[str, TaskResult] = Field(default_factory=dict)
 

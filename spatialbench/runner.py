@@ -127,8 +127,11 @@ class Runner:
         # The cheapest tensor on the prompt's path (see Adapter.cached_as); LLaVA's is the vision features.
         store = (vision if vision is not None and adapter.stored_point == vision.point else
                  FeatureStore(adapter, self.cache_dir, config.batch_size, point=adapter.stored_point, workers=workers))
+        self.layers = conditions.probed_layers(config, adapter)  # a bad --layers fails before any work
+        layers = {layer: FeatureStore(adapter, self.cache_dir, config.batch_size, point=layer, workers=workers)
+                  for layer in self.layers}
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
-        for note in store.notes + (vision.notes if vision else []):
+        for note in store.notes + (vision.notes if vision else []) + [n for s in layers.values() for n in s.notes]:
             self.reporter.info(note)
         self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
                               self.resampler_mode)
@@ -141,7 +144,7 @@ class Runner:
             joint_training=JointTraining(resampler_lr=self.resampler_lr, resampler_mode=self.resampler_mode, mixed_precision=self.mixed_precision)
             if "joint" in config.regimes else None,
             mixed_precision=self.mixed_precision, data_seed=config.data_seed,
-            limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device),
+            limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device), layers=self.layers,
         )
         # An earlier run's results in this output are kept and added to, or the run is refused (merge.py).
         before = merge.previous(self.results_path, result)
@@ -158,7 +161,7 @@ class Runner:
         self._save(result)
         self._plan_summary({name: data for name, (data, _) in loaded.items()})
         requests = {name: feature_requests(self._task(name), data, adapter) for name, (data, _) in loaded.items()}
-        result.extraction = self._extract(store, vision, [r for reqs in requests.values() for r in reqs])
+        result.extraction = self._extract(store, vision, [r for reqs in requests.values() for r in reqs], layers)
         failed = {**store.failed, **(vision.failed if vision else {})}
         for name, reqs in requests.items():  # a task with an unreadable image fails; the others go on
             broken = sorted({failed[k] for k, _, _ in reqs if k in failed})
@@ -173,8 +176,8 @@ class Runner:
                 continue
             data, load_seconds = loaded[task.name]
             try:
-                result.tasks[task.name] = merge.task(self._probe(task, data, store, vision, adapter, load_seconds),
-                                                     before)
+                result.tasks[task.name] = merge.task(self._probe(task, data, store, vision, adapter, load_seconds,
+                                                                 layers), before)
             except Exception as e:
                 result.tasks[task.name] = self._failed(task, e)
             adjust_holm(result)
@@ -200,8 +203,13 @@ class Runner:
     def _task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
 
-    def _extract(self, store: FeatureStore, vision: FeatureStore | None, requests: list[Request]) -> ExtractionStats:
-        """Each unique image once: under `accelerate launch` each process extracts its own share."""
+    def _extract(self, store: FeatureStore, vision: FeatureStore | None, requests: list[Request],
+                 layers: dict[str, FeatureStore]) -> ExtractionStats:
+        """Each unique image once: under `accelerate launch` each process extracts its own share. With layers,
+        one forward per prompt fills the prompt's store, the vision features' and every layer's."""
+        if layers:
+            return self._extract_together(store, [s for s in (vision,) if s is not None and s is not store]
+                                          + list(layers.values()), requests)
         unique = {(content_key, text): (content_key, text, loader) for content_key, text, loader in requests}
         images = {content_key: (content_key, None, loader) for content_key, _, loader in unique.values()}
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -225,6 +233,23 @@ class Runner:
                                vision_extracted=vision_extracted, by_process=[c[0] for c in counts],
                                seconds=time.perf_counter() - start)
 
+    def _extract_together(self, store: FeatureStore, also: list[FeatureStore], requests: list[Request]) -> ExtractionStats:
+        unique = {(content_key, text): (content_key, text, loader) for content_key, text, loader in requests}
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        start = time.perf_counter()
+        points = [store.point, *(s.point for s in also)]
+        with self.reporter.extraction(len(range(rank, len(unique), world)),
+                                      f"extracting {len(points)} points and layers") as advance:
+            store.ensure(unique.values(), on_batch=advance, shard=(rank, world), also=also)
+        self._share_failures(store)
+        counts = [[store.extracted, store.reused, store.recomputed + sum(s.recomputed for s in also)]]
+        if world > 1:
+            counts = gather_object(counts)
+        extracted, reused, recomputed = np.sum(counts, axis=0).tolist()
+        return ExtractionStats(images=len({k for k, _ in unique}), prompts=len(unique), extracted=extracted,
+                               reused=reused, recomputed=recomputed, failed=len(store.failed),
+                               by_process=[c[0] for c in counts], points=points, seconds=time.perf_counter() - start)
+
     def _share_failures(self, store: FeatureStore) -> None:
         """Wait for every process's share of the cache; then all know every unreadable image."""
         self.accelerator.wait_for_everyone()
@@ -233,12 +258,13 @@ class Runner:
                 store.failed.update(failed)
 
     def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, vision: FeatureStore | None,
-               adapter: Adapter, load_seconds: float) -> TaskResult:
+               adapter: Adapter, load_seconds: float, layers: dict[str, FeatureStore]) -> TaskResult:
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
         vision_rows = Visual(vision.rows([(key, None) for key, _ in inputs.row_keys])) if vision else None
         plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects,
-                               self.resampler_mode, scratch=self.cache_dir / "scratch")
+                               self.resampler_mode, scratch=self.cache_dir / "scratch",
+                               layers={name: s.rows(inputs.row_keys) for name, s in layers.items()})
         probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:

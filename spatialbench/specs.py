@@ -15,6 +15,13 @@ SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
 # annotations), random_resampler the untrained architecture, vision_patches what there was to compress.
 # joint_random (the joint regime from a random start) is the joint regime's control and runs only beside it.
 BASELINES = ("blind", "oracle", "random_resampler", "vision_patches", "joint_random")
+LAYER_STAGES = ("vision", "resampler")  # layer names are <stage>.<n>, n from 1, stages in forward order
+
+
+def is_layer(name: str) -> bool:
+    """Whether a condition or point name is a layer (`--layers`): vision.n or resampler.n."""
+    return re.fullmatch(rf"({'|'.join(LAYER_STAGES)})\.[1-9][0-9]*", name) is not None
+
 
 # The metrics each target type can report; the first listed in a task is its headline.
 TARGET_METRICS: dict[str, tuple[str, ...]] = {
@@ -275,6 +282,8 @@ class RunConfig(Strict):
     data_seed: int | None = Field(
         None, description="synthetic tasks: draw the scenes with this seed instead of the task's (a confirmation run)")
     mdl: bool = Field(False, description="online-code MDL of each classification task and regime")
+    layers: str | None = Field(None, description="probe these layers too (`all`, or names such as resampler.1,vision.2; "
+                               "a bare n is resampler.n), all from the one forward per image that gives the prompt")
     gradient_checkpointing: bool = Field(
         False, description="joint regime: recompute the resampler's activations in backward (less memory, slower)"
     )

@@ -1,7 +1,7 @@
 """Per-layer extraction points: where in one forward pass each layer's output is read.
 
-A family declares its layers as taps, named `<stage>.<n>` (n counts from 1 in forward order): `vision.n` the
-vision encoder's n-th block, `resampler.n` the resampler's n-th layer. A tap reads a module's output (or,
+A family declares its layers as taps, named `<stage>.<n>` (specs.is_layer; n counts from 1 in forward order):
+`vision.n` the vision encoder's n-th block, `resampler.n` the resampler's n-th layer. A tap reads a module's output (or,
 where the layer's output is a residual stream no module returns, the input of the module after it) with a
 forward hook, so every layer of an image comes from the one forward that also gives the prompt. The same
 taps on the full Hugging Face model give the model's own hidden states, which `check-adapter` compares
@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-
-STAGES = ("vision", "resampler")  # in forward order
 VISION_DEPTHS = 4  # vision-encoder blocks tapped: evenly spaced, the last one included
 
 

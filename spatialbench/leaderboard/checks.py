@@ -10,7 +10,7 @@ import math
 
 from ..errors import SpatialbenchError
 from ..results import MetricSummary, Paired, RunResult, TaskResult
-from ..specs import BASELINES, SPLITS, TARGET_METRICS
+from ..specs import BASELINES, SPLITS, TARGET_METRICS, is_layer
 from ..stats.metrics import PER_ITEM
 
 KNOWN_METRICS = sorted({m for names in TARGET_METRICS.values() for m in names})
@@ -117,14 +117,18 @@ def _trained_seeds(result: RunResult, cond) -> list[int]:
 def _check_condition(out: Problems, result: RunResult, task: TaskResult, field: str, name: str, cond,
                      allowed: list[str], headline: str | None) -> None:
     """One regime or baseline: its role, seeds, metrics, control and selectivity, and per-group scores."""
-    listed = [*result.regimes, *result.baselines]
-    expected_role = "regime" if name in REGIMES else "baseline" if name in BASELINES else None
+    layers = getattr(result, "layers", [])  # getattr: older results schemas have no layers
+    listed = [*result.regimes, *result.baselines, *layers]
+    expected_role = ("regime" if name in REGIMES else "baseline" if name in BASELINES
+                     else "layer" if is_layer(name) else None)
     if expected_role is None:
-        out.add(field, f"unknown condition '{name}'; expected one of {[*REGIMES, *BASELINES]}")
+        out.add(field, f"unknown condition '{name}'; expected one of {[*REGIMES, *BASELINES]} or a layer "
+                       "(vision.n, resampler.n)")
     elif cond.role != expected_role:
         out.add(f"{field}.role", f"'{cond.role}', but {name} is a {expected_role}")
     if name not in listed:
-        out.add(field, f"'{name}' is not among the run's regimes {result.regimes} or baselines {result.baselines}")
+        out.add(field, f"'{name}' is not among the run's regimes {result.regimes}, baselines {result.baselines} "
+                       f"or layers {layers}")
     trained = _trained_seeds(result, cond)
     failed = sorted(set(getattr(cond, "failed_seeds", {})) - set(result.seeds))
     if failed:
@@ -219,5 +223,10 @@ def check_run(out: Problems, result: RunResult) -> None:
     for name in result.baselines:
         if name not in BASELINES:
             out.add("baselines", f"unknown baseline '{name}'; expected {list(BASELINES)}")
+    for name in getattr(result, "layers", []):
+        if not is_layer(name):
+            out.add("layers", f"'{name}' is not a layer name (vision.n or resampler.n, n from 1)")
+    if len(set(getattr(result, "layers", []))) != len(getattr(result, "layers", [])):
+        out.add("layers", f"{result.layers} repeats a layer")
     if result.limit is not None and result.limit < 1:
         out.add("limit", f"{result.limit} is not a positive example cap")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter
+from ..adapters.layers import select as select_layers
 from ..features import FeatureStore
 from ..results import ConditionResult, GridPoint, MetricSummary, Paired, Recovered, SeedRun
 from ..specs import RunConfig, TaskSpec
@@ -74,6 +75,7 @@ class _Sources:
     config: RunConfig
     resampler_mode: str = "train"
     scratch: Path | None = None  # where prompts drawn per seed are held on disk
+    layers: dict | None = None  # layer -> its rows for every feature row (--layers), in forward order
 
     @property
     def texts(self) -> list[str] | None:
@@ -153,15 +155,22 @@ def available(baseline: str, objects: dict | None, regimes: list[str]) -> bool:
     return unavailable(baseline, objects, regimes) is None
 
 
+def _layer(src: _Sources, layer: str) -> Condition:
+    """One layer's output, probed as the frozen regime probes the prompt."""
+    return Condition(layer, "layer", src.standardised(src.layers[layer]))
+
+
 def plan(config: RunConfig, inputs: ProbeInputs, vision: Visual | None, adapter: Adapter,
          snapshot: ResamplerSnapshot | None, objects: dict | None = None,
-         resampler_mode: str = "train", scratch: Path | None = None) -> list[Condition]:
-    """The conditions this run asks for, over the task's feature rows (`vision`: their vision features)."""
+         resampler_mode: str = "train", scratch: Path | None = None, layers: dict | None = None) -> list[Condition]:
+    """The conditions this run asks for, over the task's feature rows (`vision`: their vision features;
+    `layers`: each probed layer's rows)."""
     regimes = config.regimes
-    src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode, scratch)
+    src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode, scratch, layers)
     out = [Condition("frozen", "regime", inputs)] if "frozen" in regimes else []
     out += [_joint(src)] if "joint" in regimes else []
-    return out + [BASELINES[name](src) for name in config.baselines if available(name, objects, regimes)]
+    out += [BASELINES[name](src) for name in config.baselines if available(name, objects, regimes)]
+    return out + [_layer(src, layer) for layer in layers or {}]
 
 
 def check_budgets(config: RunConfig, task: TaskSpec, data, adapter: Adapter) -> None:
@@ -180,7 +189,13 @@ def planned_shapes(config: RunConfig, shape: ProbeShape, adapter: Adapter, objec
         prompt["oracle"] = shape.with_prompt(*oracle_shape(objects, images))
     prompt["joint_random"] = shape
     return {**{r: shape for r in config.regimes},
-            **{b: prompt[b] for b in config.baselines if available(b, objects, config.regimes)}}
+            **{b: prompt[b] for b in config.baselines if available(b, objects, config.regimes)},
+            **{layer: shape.with_prompt(*adapter.shape_at(layer)) for layer in probed_layers(config, adapter)}}
+
+
+def probed_layers(config: RunConfig, adapter: Adapter) -> list[str]:
+    """The layers --layers asks for, checked against the adapter's, in forward order."""
+    return select_layers(adapter.layers, config.layers) if config.layers else []
 
 
 def control_inputs(inputs: ProbeInputs, n_classes: int, seed: int) -> ProbeInputs:
@@ -213,10 +228,12 @@ def paired(a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarr
     return Paired(a=a, b=b, metric=metric, diff=r.diff, ci95=tuple(r.ci95), p_value=r.p_value)
 
 
-def comparisons(scores: dict[str, np.ndarray], metric: str, clusters: np.ndarray) -> dict[str, Paired]:
-    """Every contrast of COMPARISONS whose two conditions the task has (p_holm is filled in over the run)."""
-    return {f"{a}_vs_{b}": paired(a, b, metric, scores[a], scores[b], clusters)
-            for a, b in COMPARISONS if a in scores and b in scores}
+def comparisons(scores: dict[str, np.ndarray], metric: str, clusters: np.ndarray,
+                layers: list[str] = ()) -> dict[str, Paired]:
+    """Every contrast of COMPARISONS whose two conditions the task has, and each layer against the one before
+    it (what that layer gains or loses); p_holm is filled in over the run."""
+    pairs = [(a, b) for a, b in COMPARISONS if a in scores and b in scores] + list(zip(layers[1:], layers[:-1]))
+    return {f"{a}_vs_{b}": paired(a, b, metric, scores[a], scores[b], clusters) for a, b in pairs}
 
 
 def fit_one(cond: Condition, inputs: ProbeInputs, task: TaskSpec, seed: int, choice: Choice, accelerator,

@@ -144,4 +144,5 @@ class TaskProbing:
             scores[cond.name] = conditions.seed_scores(headline, fits, cond.inputs)
         for name, share in conditions.recovered(scores, clusters).items():
             results[name].recovered = share
-        return results, fits_of, conditions.comparisons(scores, headline, clusters), scores
+        layers = [c.name for c in self.plan if c.role == "layer"]
+        return results, fits_of, conditions.comparisons(scores, headline, clusters, layers), scores

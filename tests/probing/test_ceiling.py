@@ -48,7 +48,7 @@ def test_the_oracle_solves_vsr_minimal_pairs_that_a_bag_of_words_cannot(tmp_path
     assert conditions["blind"].recovered is None and conditions["oracle"].recovered is None
     sizes = {name: c.probe_parameters for name, c in conditions.items()}
     assert sizes["frozen"] == sizes["blind"] and 0.9 < sizes["oracle"] / sizes["frozen"] < 1.1, sizes
-    assert read_results(runner.results_path) == result and result.schema_version == 4 and task.notes == []
+    assert read_results(runner.results_path) == result and result.schema_version == 5 and task.notes == []
 
 
 def test_an_mlp_over_its_budget_fails_before_any_extraction_and_the_other_tasks_run(tmp_path):
