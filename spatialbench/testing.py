@@ -75,6 +75,9 @@ def _layers_equal_to_model(adapter: Adapter, px: torch.Tensor, reference: dict |
         return Check(name, "n/a", "the family declares no layers")
     if isinstance(reference, str):
         return Check(name, "n/a", reference)
+    if not any(layer in reference for layer in adapter.layers):
+        return Check(name, "n/a", "reference_prompts gives none of the declared layers: run the full model inside "
+                                  "self.reference_layers(model) and return them with the prompts")
     ours = adapter.prompts_at(px, adapter.layers, _texts(adapter, len(px)))
     bad = []
     for layer in adapter.layers:
