@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapters.base import DTYPES, get_family
+from .adapters.layers import reads_image_only
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data
 from .errors import SpatialbenchError
@@ -166,8 +167,11 @@ def _import_runtime(name: str) -> None:
             pass
 
 
-def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: dict[str, TaskData] | None = None) -> Plan:
-    """The plan of this run; `loaded`: task data already in memory (a run's), not loaded again."""
+def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: dict[str, TaskData] | None = None,
+             layers: dict[str, tuple[int, int]] | None = None) -> Plan:
+    """The plan of this run; `loaded`: task data already in memory (a run's), not loaded again; `layers`: the
+    probed layers' (tokens, width), which only a loaded adapter knows (a run's --layers)."""
+    layers = layers or {}
     family = get_family(card.family)
     point = config.point or card.point
     geo = geometry(card, point)
@@ -180,8 +184,11 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
     prompt_row = geo.row_bytes(point) // geo.element * 4  # what the probe reads, float32
     vision_row = geo.row_bytes("vision_patches") if "vision_patches" in geo.shapes else 0
     def cache_bytes(prompts: int, images: int) -> int:
-        """What one extraction of these adds: prompts in one store, vision features in the other (LLaVA: one)."""
+        """What one extraction of these adds: prompts in one store, vision features in the other (LLaVA: one),
+        and a store per layer (keyed by image before the resampler, as the prompt after it)."""
         out = _shard_bytes(prompts, geo.row_bytes(stored)) if not (uses_vision and stored == "vision_patches") else 0
+        for layer, (q, d) in layers.items():
+            out += _shard_bytes(images if reads_image_only(layer) else prompts, q * d * geo.element)
         return out + (_shard_bytes(images, vision_row) if uses_vision else 0)
 
     plans, objects = [], {}
@@ -199,9 +206,11 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         if plan.error:
             continue
         plan.cache_bytes = cache_bytes(plan.prompts, plan.images)
-        plan.fits = _fits(task, config, card, config.regimes, objects[task.name])
+        plan.fits = _fits(task, config, card, config.regimes, objects[task.name]) + \
+            len(layers) * len(task.probe.lr) * config.seeds  # a layer is probed as the frozen regime, no control
         batch = task.probe.batch_size
-        extraction = (MAX_PENDING + 2) * config.batch_size * (geo.row_bytes(stored) + vision_row)
+        layer_rows = sum(q * d * geo.element for q, d in layers.values())  # a pending write per store
+        extraction = (MAX_PENDING + 2) * config.batch_size * (geo.row_bytes(stored) + vision_row + layer_rows)
         training = 4 * batch * (prompt_row + (vision_row // geo.element * 4 if uses_vision else 0))
         if task.implicit:  # one batch of frozen query embeddings (the LLM's width: the projected prompt's)
             training += 4 * batch * QUERY_TOKENS * geo.shapes.get("projected", geo.shapes[point])[1] * 4

@@ -128,6 +128,7 @@ class Runner:
         store = (vision if vision is not None and adapter.stored_point == vision.point else
                  FeatureStore(adapter, self.cache_dir, config.batch_size, point=adapter.stored_point, workers=workers))
         self.layers = conditions.probed_layers(config, adapter)  # a bad --layers fails before any work
+        self.layer_shapes = {layer: adapter.shape_at(layer) for layer in self.layers}
         layers = {layer: FeatureStore(adapter, self.cache_dir, config.batch_size, point=layer, workers=workers)
                   for layer in self.layers}
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
@@ -188,7 +189,7 @@ class Runner:
         """The one line `spatialbench plan` would print, before any extraction."""
         tasks = [t for t in self.tasks if t.name in loaded]
         try:
-            self.reporter.info(estimate(self.config, tasks, self.card, loaded).summary())
+            self.reporter.info(estimate(self.config, tasks, self.card, loaded, self.layer_shapes).summary())
         except SpatialbenchError as e:
             self.reporter.info(f"plan: not available ({str(e).splitlines()[0]})")
 

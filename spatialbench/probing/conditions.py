@@ -48,7 +48,7 @@ class Choice:
 @dataclass
 class Condition:
     name: str
-    role: str  # "regime" or "baseline"
+    role: str  # "regime", "baseline" or "layer"
     inputs: ProbeInputs  # the items and the probe's input shape (and the features, unless drawn per seed)
     encoder: Callable[[], JointEncoder] | None = None  # trained with the probe: a fresh encoder per fit
     start: str = "checkpoint"  # where a trained resampler starts: the checkpoint, or "random" (joint_random)

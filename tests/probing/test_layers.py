@@ -45,6 +45,8 @@ def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image
         mean, (lo, hi) = task["conditions"][layer]["metrics"]["accuracy"]["mean"], task["conditions"][layer]["metrics"]["accuracy"]["ci95"]
         assert f"{layer}" in table and f"[{lo:.3f},{hi:.3f}]" in table and f"{mean:.3f}" in table
     assert "levels: blind" in table
+    fitted = sum(max(1, len(s["grid"])) for c in task["conditions"].values() for s in c["seeds"])
+    assert f"{fitted} probe fits" in out.output  # the run's plan counts the layers' fits too
 
     seen.clear()  # a second run reads every point and layer from the cache: no forward at all
     again = CliRunner().invoke(app, [*RUN, "--output", str(tmp_path / "again"), "--cache-dir", str(tmp_path / "c")])
