@@ -140,7 +140,8 @@ def task_table(task) -> Table:
 
 def layer_table(task, layers: list[str]) -> Table:
     """A --layers run: the headline at each layer in forward order, and what each layer changes from the one
-    before it (paired CI, Holm-adjusted p); the levels of the prompt itself and the baselines beneath."""
+    before it (paired CI, Holm-adjusted p); the levels of the prompt itself and the baselines beneath. Each
+    layer's recovered share is in the results file (80 columns leave it no room here)."""
     table = Table(title=f"{escape(task.name)} by layer ({task.headline})", box=box.SIMPLE_HEAD, pad_edge=False,
                   title_justify="left")
     table.add_column("layer", overflow="fold", min_width=12)

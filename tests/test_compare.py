@@ -84,7 +84,7 @@ def test_other_test_items_are_skipped_with_the_reason(tmp_path):
     data["tasks"]["tiny_relation"]["version"] = 1
     b.write_text(json.dumps(data))
     assert "1 not in both" in compare(a, b).skipped["tiny_relation"]
-    assert "has no 'vision_patches'" in compare(a, b, "vision_patches").skipped["tiny_relation"]
+    assert "has no 'random_resampler'" in compare(a, b, "random_resampler").skipped["tiny_relation"]
 
 
 def test_a_broken_samples_line_names_the_file_and_line(tmp_path):

@@ -117,8 +117,7 @@ def _trained_seeds(result: RunResult, cond) -> list[int]:
 def _check_condition(out: Problems, result: RunResult, task: TaskResult, field: str, name: str, cond,
                      allowed: list[str], headline: str | None) -> None:
     """One regime or baseline: its role, seeds, metrics, control and selectivity, and per-group scores."""
-    layers = getattr(result, "layers", [])  # getattr: older results schemas have no layers
-    listed = [*result.regimes, *result.baselines, *layers]
+    listed = [*result.regimes, *result.baselines, *result.layers]
     expected_role = ("regime" if name in REGIMES else "baseline" if name in BASELINES
                      else "layer" if is_layer(name) else None)
     if expected_role is None:
@@ -128,7 +127,7 @@ def _check_condition(out: Problems, result: RunResult, task: TaskResult, field: 
         out.add(f"{field}.role", f"'{cond.role}', but {name} is a {expected_role}")
     if name not in listed:
         out.add(field, f"'{name}' is not among the run's regimes {result.regimes}, baselines {result.baselines} "
-                       f"or layers {layers}")
+                       f"or layers {result.layers}")
     trained = _trained_seeds(result, cond)
     failed = sorted(set(getattr(cond, "failed_seeds", {})) - set(result.seeds))
     if failed:
@@ -223,10 +222,10 @@ def check_run(out: Problems, result: RunResult) -> None:
     for name in result.baselines:
         if name not in BASELINES:
             out.add("baselines", f"unknown baseline '{name}'; expected {list(BASELINES)}")
-    for name in getattr(result, "layers", []):
+    for name in result.layers:
         if not is_layer(name):
             out.add("layers", f"'{name}' is not a layer name (vision.n or resampler.n, n from 1)")
-    if len(set(getattr(result, "layers", []))) != len(getattr(result, "layers", [])):
+    if len(set(result.layers)) != len(result.layers):
         out.add("layers", f"{result.layers} repeats a layer")
     if result.limit is not None and result.limit < 1:
         out.add("limit", f"{result.limit} is not a positive example cap")

@@ -45,6 +45,7 @@ def _ok_line(report) -> str:
     r = report.result
     conditions = ", ".join([*r.regimes, *r.baselines])
     line = f"OK {report.path}: {r.model.name}, {len(r.tasks)} task(s), {conditions}"
+    line += f"; layers {', '.join(r.layers)}" if r.layers else ""
     return line + (f" ({'; '.join(report.notes)})" if report.notes else "")
 
 

@@ -1,6 +1,6 @@
 /* The per-model detail view: every condition per task, the frozen -> joint gap, selectivity, per-group
- * breakdowns, and a frozen vs joint chart drawn as inline SVG. Text goes in through textContent only;
- * SVG elements are made with createElementNS. */
+ * breakdowns, a frozen vs joint chart and (a --layers run) the headline by layer, drawn as inline SVG.
+ * Text goes in through textContent only; SVG elements are made with createElementNS. */
 (function () {
   "use strict";
   const SVG = "http://www.w3.org/2000/svg";
@@ -86,6 +86,59 @@
       p.appendChild(document.createTextNode(text));
     }
     return p;
+  }
+
+  // One task's headline at each probed layer in forward order (points with CI whiskers, joined), across
+  // the task's reference levels (blind, vision_patches, oracle) drawn as labelled horizontal lines.
+  function layerChart(task, curve) {
+    const stepW = 72, top = 10, plotH = 160, left = 36, bottom = 34;
+    const levels = Object.entries(curve.levels).sort((a, b) => b[1] - a[1]);
+    const labels = levels.map(([name, v]) => name + " " + fmt(v));
+    const right = 14 + Math.max(0, ...labels.map((l) => l.length)) * 6.6;
+    const plotW = Math.max(curve.layers.length, 3) * stepW;
+    const width = left + plotW + right, height = top + plotH + bottom;
+    const root = svg("svg", { class: "chart layers", width: width, height: height,
+                              viewBox: "0 0 " + width + " " + height, role: "img" });
+    root.appendChild(svg("title", {}, task + ": " + curve.headline + " by layer, with 95% CIs and the reference levels"));
+    const y = (v) => top + plotH * (1 - Math.max(0, Math.min(1, v)));
+    for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
+      root.appendChild(svg("line", { class: "axis", x1: left, x2: left + plotW, y1: y(tick), y2: y(tick) }));
+      root.appendChild(svg("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end" }, tick.toFixed(2)));
+    }
+    const placed = [];  // label heights so far: a level label that would overlap one moves down a line
+    levels.forEach(([name, v], k) => {
+      root.appendChild(svg("line", { class: "level level-" + name, x1: left, x2: left + plotW, y1: y(v), y2: y(v) }));
+      let ly = y(v) + 4;
+      while (placed.some((p) => Math.abs(p - ly) < 12)) ly += 12;
+      placed.push(ly);
+      root.appendChild(svg("text", { class: "level-label label-" + name, x: left + plotW + 6, y: ly }, labels[k]));
+    });
+    const x = (i) => left + stepW * (i + 0.5);
+    root.appendChild(svg("polyline", { class: "layer-line",
+                                       points: curve.layers.map((p, i) => x(i) + "," + y(p.mean)).join(" ") }));
+    curve.layers.forEach((p, i) => {
+      root.appendChild(svg("line", { class: "whisker", x1: x(i), x2: x(i), y1: y(p.lo), y2: y(p.hi) }));
+      const dot = svg("circle", { class: "layer-point", cx: x(i), cy: y(p.mean), r: 4 });
+      let tip = p.name + ": " + fmt(p.mean) + " " + interval(p.lo, p.hi);
+      if (p.step) tip += "; change from the layer before " + signed(p.step.diff) + " " + interval(p.step.lo, p.step.hi);
+      dot.appendChild(svg("title", {}, tip));
+      root.appendChild(dot);
+      root.appendChild(svg("text", { x: x(i), y: top + plotH + 16, "text-anchor": "middle" }, p.name));
+    });
+    return root;
+  }
+
+  function layerCharts(model, tasks) {
+    const wrap = el("div", null, "layer-charts");
+    for (const t of tasks) {
+      const curve = model.layers && model.layers[t.name];
+      if (!curve) continue;
+      const f = el("figure");
+      f.appendChild(el("figcaption", t.name + " (" + curve.headline + ")"));
+      f.appendChild(layerChart(t.name, curve));
+      wrap.appendChild(f);
+    }
+    return wrap.childElementCount ? wrap : null;
   }
 
   function facts(DATA, model) {
@@ -181,6 +234,14 @@
       section.appendChild(chart(tasks.filter((t) => (frozen && frozen.cells[t.name]) || (joint && joint.cells[t.name])),
                                 frozen, joint));
       section.appendChild(legend());
+    }
+    const layers = layerCharts(model, tasks);
+    if (layers) {
+      section.appendChild(el("h3", "By layer: headline mean [95% CI], probed frozen at each layer"));
+      section.appendChild(layers);
+      section.appendChild(el("p", "Each point a layer in forward order (vision encoder, then resampler); the " +
+                                  "lines are the task's blind, vision_patches and oracle levels, where the run had them.",
+                             "hint"));
     }
     section.appendChild(el("h3", "Per task: headline mean [95% CI] per regime and baseline"));
     section.appendChild(perTask(model, rows, tasks));

@@ -15,10 +15,12 @@ from datetime import datetime, timezone
 from .. import __version__
 from ..errors import SpatialbenchError
 from ..results import ConditionResult, MetricSummary, Paired, RunResult, TaskResult
+from ..specs import LAYER_STAGES
 
 # Conditions in the order the page lists them; any other name a runner might add sorts after these.
 CONDITION_ORDER = ("frozen", "joint", "joint_random", "oracle", "vision_patches", "random_resampler", "blind")
 OTHER_GROUP = "other"  # tasks the registry does not know
+LEVELS = ("blind", "vision_patches", "oracle")  # drawn across a layer curve: the floor, what there was, the ceiling
 
 
 @dataclass
@@ -75,6 +77,28 @@ def _paired(p: Paired) -> dict:
 
 def _condition_key(name: str) -> tuple[int, str]:
     return (CONDITION_ORDER.index(name) if name in CONDITION_ORDER else len(CONDITION_ORDER), name)
+
+
+def _layer_key(name: str) -> tuple[int, int]:
+    stage, n = name.split(".")
+    return LAYER_STAGES.index(stage), int(n)
+
+
+def _layer_curve(task: TaskResult, headline: str | None) -> dict | None:
+    """A --layers run's headline at each layer in forward order, each with its change from the layer before,
+    and the reference levels the task has."""
+    conditions = conditions_of(task)
+    layers = sorted((n for n, c in conditions.items() if c.role == "layer" and headline in c.metrics), key=_layer_key)
+    if not layers:
+        return None
+    points = []
+    for before, name in zip([None, *layers], layers):
+        step = task.comparisons.get(f"{name}_vs_{before}")
+        points.append({"name": name, **_interval(conditions[name].metrics[headline]),
+                       "step": _paired(step) if step else None})
+    levels = {name: _r(conditions[name].metrics[headline].mean) for name in LEVELS
+              if name in conditions and headline in conditions[name].metrics}
+    return {"headline": headline, "layers": points, "levels": levels}
 
 
 def _merge(sources: list[Source]) -> tuple[list[dict], dict[str, _Model]]:
@@ -189,9 +213,11 @@ def build_data(sources: list[Source], known: dict[str, dict] | None = None, titl
 
 
 def _model_rows(model: _Model, card: dict, known: dict[str, dict]) -> list[dict]:
-    """One row per condition of this model. The frozen->joint gap and failed tasks belong to the model (card)."""
+    """One row per condition of this model. The frozen->joint gap, the layer curves and failed tasks belong to
+    the model (card)."""
     rows: dict[str, dict] = {}
     gaps: dict[str, dict] = {}
+    curves: dict[str, dict] = {}
     for name, (source, task) in model.tasks.items():
         if task.status != "ok":
             continue
@@ -199,7 +225,11 @@ def _model_rows(model: _Model, card: dict, known: dict[str, dict]) -> list[dict]
         chance = task.chance.get(headline) if headline else None
         if "joint_vs_frozen" in task.comparisons:
             gaps[name] = _paired(task.comparisons["joint_vs_frozen"])
+        if (curve := _layer_curve(task, headline)) is not None:
+            curves[name] = curve
         for cond_name, cond in conditions_of(task).items():
+            if cond.role == "layer":  # a layer is a point on the model's layer curve, not a row of the board
+                continue
             row = rows.setdefault(cond_name, {
                 "model": model.card_index, "condition": cond_name, "role": cond.role, "limited": False,
                 "cells": {}, "selectivity": {}, "control": {}, "recovered": {}, "by_group": {}, "sources": []})
@@ -221,4 +251,5 @@ def _model_rows(model: _Model, card: dict, known: dict[str, dict]) -> list[dict]
                                          for key, values in cond.by_group.items()}
     card["failed"] = {name: task.error or "failed" for name, (_, task) in model.tasks.items() if task.status != "ok"}
     card["gap"] = gaps
+    card["layers"] = curves
     return [rows[name] for name in sorted(rows, key=_condition_key)]

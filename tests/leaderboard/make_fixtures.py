@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 python tests/leaderboard/make_fixtures.py
 
 The browser and validation tests read these files instead of running the models (a run takes minutes on
-two CPU cores; the tests' budget is seconds). Three families, both regimes, the floor and ceiling baselines, control tasks.
+two CPU cores; the tests' budget is seconds). Three families, both regimes, the floor and ceiling baselines,
+control tasks, and BLIP-2's layers with the reference levels drawn across them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 RUNS = {
-    "blip2-tiny": ["--regime", "both", "--baselines", "blind,oracle", "--control"],
+    "blip2-tiny": ["--regime", "both", "--baselines", "blind,oracle,vision_patches", "--control", "--layers", "all"],
     "kosmos2-tiny": ["--regime", "both", "--baselines", "none", "--control"],
     "idefics2-tiny": ["--regime", "frozen", "--baselines", "none", "--no-control"],
 }

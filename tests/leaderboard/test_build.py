@@ -31,7 +31,7 @@ def test_build_writes_a_self_contained_site(results, tmp_path):
     out = tmp_path / "site"
     result = build(*results, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "7 rows (3 models x regimes and baselines), 3 tasks" in result.output
+    assert "8 rows (3 models x regimes and baselines), 3 tasks" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted([*ASSETS, "data.js", "data.json"])
     data = json.loads((out / "data.json").read_text())
     assert _data_js((out / "data.js").read_text()) == data

@@ -91,10 +91,10 @@ def _expected_order(data, task, descending=True):
 
 def test_the_page_renders_every_row_with_no_console_errors(page, site, tmp_path):
     _, data = site
-    assert sorted(page.rows()) == sorted(_label(data, r) for r in data["rows"]) and len(page.rows()) == 7
+    assert sorted(page.rows()) == sorted(_label(data, r) for r in data["rows"]) and len(page.rows()) == 8
     assert [k for k in page.headers() if k.startswith("task:")] == ["task:tiny_grid", "task:tiny_relation",
                                                                     "task:tiny_vsr"]
-    assert page.page.text_content("#count") == "7 of 7 rows"
+    assert page.page.text_content("#count") == "8 of 8 rows"
     assert "chance" in page.page.text_content('th[data-key="task:tiny_vsr"]')
     # the gap column: mean over tasks, and per task its diff with CI and p-value in the tooltip
     gap = data["models"][0]["gap"]["tiny_relation"]
@@ -129,7 +129,7 @@ def test_clicking_a_header_sorts_and_clicking_again_reverses(page, site):
     assert page.rows() == _expected_order(data, "tiny_vsr", descending=False)
     page.page.click('th[data-key="model"]')  # by name, models first, then baselines (all blip2's here)
     names = [m for m, _ in page.rows()]
-    assert names[:5] == sorted(names[:5]) and names[0] == "blip2-tiny" and names[5:] == ["blip2-tiny"] * 2
+    assert names[:5] == sorted(names[:5]) and names[0] == "blip2-tiny" and names[5:] == ["blip2-tiny"] * 3
 
 
 def test_filters_and_search_leave_the_matching_rows(page, site):
@@ -150,7 +150,7 @@ def test_filters_and_search_leave_the_matching_rows(page, site):
     page.page.fill("#search", "blip2 blind")  # every word must match
     assert page.rows() == [("blip2-tiny", "blind")]
     page.page.fill("#search", "")
-    assert len(page.rows()) == 7 and page.page.text_content("#count") == "7 of 7 rows"
+    assert len(page.rows()) == 8 and page.page.text_content("#count") == "8 of 8 rows"
     assert page.errors == []
 
 
@@ -186,7 +186,7 @@ def test_a_row_opens_the_models_detail_with_an_svg_chart(page):
     raw = fixture_data("blip2-tiny")["tasks"]["tiny_relation"]["conditions"]["joint"]["by_group"]["relation"]
     assert values == sorted(raw)
     shares = detail.locator("h3:text-is('Recovered: share of the blind-to-oracle headroom [95% CI]') + table")
-    assert shares.locator("thead th").all_text_contents() == ["task", "frozen", "joint"]
+    assert shares.locator("thead th").all_text_contents() == ["task", "frozen", "joint", "vision_patches"]
     assert shares.locator("tbody tr").count() == 3
     detail.locator("button.close").click()
     assert not detail.is_visible()
@@ -237,6 +237,40 @@ def test_strings_from_results_files_stay_inert(browser, tmp_path):
         p.page.close()
 
 
+def test_the_detail_view_draws_the_headline_by_layer_across_the_reference_levels(page, site):
+    _, data = site
+    curves = next(m for m in data["models"] if m["name"] == "blip2-tiny")["layers"]
+    raw = fixture_data("blip2-tiny")
+    assert set(curves) == set(raw["tasks"]) and raw["layers"] == ["vision.1", "vision.2", "resampler.1", "resampler.2"]
+    assert all(r["condition"] not in raw["layers"] for r in data["rows"])  # layers are not rows of the board
+    page.page.click(f"#board tbody tr[data-row] >> nth={page.rows().index(('blip2-tiny', 'frozen'))}")
+    detail = page.page.locator("#detail")
+    charts = detail.locator("svg.chart.layers")
+    assert charts.count() == 3  # one per task
+    chart = detail.locator("figure", has_text="tiny_relation").locator("svg.chart.layers")
+    assert chart.locator("text").all_text_contents()[-4:] == raw["layers"]  # x labels, in forward order
+    tips = chart.locator("circle.layer-point title").all_text_contents()
+    task = raw["tasks"]["tiny_relation"]
+    for tip, name in zip(tips, raw["layers"], strict=True):
+        m = task["conditions"][name]["metrics"][task["headline"]]
+        assert tip.startswith(f"{name}: {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]")
+    step = task["comparisons"]["resampler.1_vs_vision.2"]
+    assert f"change from the layer before {step['diff']:+.3f}" in tips[2] and "change" not in tips[0]
+    # the points sit at their means: a higher mean is drawn higher (smaller y)
+    ys = [float(c.get_attribute("cy")) for c in chart.locator("circle.layer-point").all()]
+    means = [task["conditions"][n]["metrics"][task["headline"]]["mean"] for n in raw["layers"]]
+    assert all((ys[i] < ys[j]) == (means[i] > means[j]) for i in range(4) for j in range(4) if means[i] != means[j])
+    for level in ("blind", "vision_patches", "oracle"):
+        assert chart.locator(f"line.level-{level}").count() == 1
+        mean = task["conditions"][level]["metrics"][task["headline"]]["mean"]
+        assert f"{level} {mean:.3f}" in chart.locator("text.level-label").all_text_contents()
+    assert page.page.evaluate(TEXT_OUTSIDE) == []  # no layer name or level label is cut
+    detail.locator("button.close").click()
+    page.page.click(f"#board tbody tr[data-row] >> nth={page.rows().index(('kosmos2-tiny', 'frozen'))}")
+    assert detail.locator("svg.chart.layers").count() == 0  # a run without --layers has no curve
+    assert page.errors == []
+
+
 def test_a_missing_chromium_fails_with_how_to_install_it(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
         chromium_executable(tmp_path / "chromium")
@@ -279,11 +313,11 @@ def test_models_rank_over_shared_tasks_apart_from_rows_missing_some_and_from_bas
     try:
         rows, sections = page.rows(), _sections(page)
         assert [s for s in sections if not s.startswith("heading")] == \
-            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 2
+            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 3
         assert "ranked apart" in sections[3] and sections[6].startswith("heading: Baselines")
         assert set(rows[:3]) == {("blip2-tiny", "frozen"), ("blip2-tiny", "joint"), ("idefics2-tiny", "frozen")}
         assert set(rows[3:5]) == {("kosmos2-tiny", "frozen"), ("kosmos2-tiny", "joint")}
-        assert page.column("rank") == ["1", "2", "3", "1", "2", "–", "–"]
+        assert page.column("rank") == ["1", "2", "3", "1", "2", "–", "–", "–"]
         badge = page.cell(("kosmos2-tiny", "joint"), "model").locator(".badge")
         assert badge.text_content() == "2/3 tasks"
         # the oracle outscores every model, yet is listed after them, unranked, with no win rate
@@ -293,7 +327,7 @@ def test_models_rank_over_shared_tasks_apart_from_rows_missing_some_and_from_bas
         # reversing the sort reverses within each section, never across them
         page.page.click('th[data-key="average"]')
         assert [s for s in _sections(page) if not s.startswith("heading")] == \
-            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 2
+            ["ranked"] * 3 + ["partial"] * 2 + ["baselines"] * 3
         ranked = [averages[r] for r in page.rows()[:3]]
         assert ranked == sorted(ranked)
         # a task group the partial rows do have: every model is ranked together again

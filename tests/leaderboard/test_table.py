@@ -35,7 +35,7 @@ def test_one_row_per_model_and_condition_with_columns_from_the_results(known):
     assert rows == expected and len(data["rows"]) == len(expected)
     assert [t["name"] for t in data["tasks"]] == ["tiny_grid", "tiny_relation", "tiny_vsr"]
     assert data["families"] == ["blip2", "idefics2", "kosmos2"]
-    assert data["conditions"] == ["frozen", "joint", "oracle", "blind"]
+    assert data["conditions"] == ["frozen", "joint", "oracle", "vision_patches", "blind"]
     grid = next(t for t in data["tasks"] if t["name"] == "tiny_grid")
     assert grid["groups"] == ["tiny", "explicit"] and grid["headline"] == "accuracy" and grid["version"] == 1
 
@@ -90,7 +90,7 @@ def test_files_of_one_model_merge_and_a_task_given_twice_is_refused(known):
         return edit
 
     merged = build_data(_sources("blip2-tiny", edit=split(0)) + _sources("blip2-tiny", edit=split(1)), known)
-    assert len(merged["models"]) == 1 and len(merged["rows"]) == 4
+    assert len(merged["models"]) == 1 and len(merged["rows"]) == 5
     assert set(merged["rows"][0]["cells"]) == {"tiny_grid", "tiny_relation", "tiny_vsr"}
     with pytest.raises(SpatialbenchError, match="tasks.tiny_grid.*also in blip2-tiny.json"):
         build_data(_sources("blip2-tiny", "blip2-tiny"), known)
@@ -127,3 +127,27 @@ def test_a_failed_task_is_kept_with_its_reason_and_scores_nothing(known):
     [row] = [r for r in data["rows"] if r["model"] == idefics]
     assert "tiny_vsr" not in row["cells"] and set(row["cells"]) == {"tiny_grid", "tiny_relation"}
     assert row["average"] == pytest.approx(sum(c["mean"] for c in row["cells"].values()) / 2, abs=1e-6)
+
+
+def test_a_layer_runs_curve_belongs_to_the_model_in_forward_order_and_its_layers_are_not_rows(known):
+    def shuffle(model, data):  # conditions in any order in the file: the curve still runs in forward order
+        for task in data["tasks"].values():
+            task["conditions"] = dict(reversed(list(task["conditions"].items())))
+
+    data = build_data(_sources("blip2-tiny", "kosmos2-tiny", edit=shuffle), known)
+    raw = fixture_data("blip2-tiny")
+    blip2, kosmos2 = data["models"]
+    assert kosmos2["layers"] == {} and set(blip2["layers"]) == set(raw["tasks"])
+    assert not {r["condition"] for r in data["rows"]} & set(raw["layers"])
+    task = raw["tasks"]["tiny_grid"]
+    curve = blip2["layers"]["tiny_grid"]
+    assert curve["headline"] == "accuracy" and [p["name"] for p in curve["layers"]] == raw["layers"]
+    for before, point in zip([None, *curve["layers"]], curve["layers"]):
+        assert point["mean"] == pytest.approx(task["conditions"][point["name"]]["metrics"]["accuracy"]["mean"], abs=1e-6)
+        if before is None:
+            assert point["step"] is None
+        else:
+            step = task["comparisons"][f"{point['name']}_vs_{before['name']}"]
+            assert point["step"]["diff"] == pytest.approx(step["diff"], abs=1e-6)
+    assert curve["levels"] == pytest.approx({name: task["conditions"][name]["metrics"]["accuracy"]["mean"]
+                                             for name in ("blind", "vision_patches", "oracle")}, abs=1e-6)

@@ -25,6 +25,7 @@ def test_the_fixtures_are_valid_with_one_ok_line_per_file(results):
     lines = result.output.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("OK ") for line in lines)
     assert "blip2-tiny, 3 task(s), frozen, joint, blind" in lines[0]
+    assert "; layers vision.1, vision.2, resampler.1, resampler.2" in lines[0]
 
 
 def _frozen(task: dict) -> list[dict]:
@@ -86,11 +87,27 @@ def recovered_is_not_the_share(d):
 
 
 def recovered_without_its_ceiling(d):
-    del d["tasks"]["tiny_relation"]["conditions"]["oracle"]
+    del d["tasks"]["tiny_grid"]["conditions"]["oracle"]
 
 
 def baseline_as_regime(d):
     d["tasks"]["tiny_vsr"]["conditions"]["blind"]["role"] = "regime"
+
+
+def layer_as_baseline(d):
+    d["tasks"]["tiny_relation"]["conditions"]["resampler.1"]["role"] = "baseline"
+
+
+def layer_not_in_the_run(d):
+    d["layers"].remove("vision.1")
+
+
+def not_a_layer_name(d):
+    d["layers"].append("decoder.3")
+
+
+def layer_step_is_not_the_difference(d):
+    d["tasks"]["tiny_grid"]["comparisons"]["resampler.2_vs_resampler.1"]["diff"] += 0.2
 
 
 def wrong_type(d):
@@ -116,8 +133,13 @@ CASES = [
      "is not the difference"),
     (recovered_is_not_the_share, "tasks.tiny_vsr.conditions.frozen.recovered.value",
      "is not (score - blind) / (oracle - blind)"),
-    (recovered_without_its_ceiling, "tasks.tiny_relation.conditions.frozen.recovered", "lacks the blind or the oracle"),
+    (recovered_without_its_ceiling, "tasks.tiny_grid.conditions.frozen.recovered", "lacks the blind or the oracle"),
     (baseline_as_regime, "tasks.tiny_vsr.conditions.blind.role", "blind is a baseline"),
+    (layer_as_baseline, "tasks.tiny_relation.conditions.resampler.1.role", "resampler.1 is a layer"),
+    (layer_not_in_the_run, "tasks.tiny_grid.conditions.vision.1", "is not among the run's regimes"),
+    (not_a_layer_name, "layers", "'decoder.3' is not a layer name"),
+    (layer_step_is_not_the_difference, "tasks.tiny_grid.comparisons.resampler.2_vs_resampler.1.diff",
+     "is not the difference"),
     (wrong_type, "tasks.tiny_vsr.conditions.frozen.metrics.accuracy.mean", "valid number"),
     (unknown_key, "tasks.tiny_grid.score", "unknown key"),
 ]
