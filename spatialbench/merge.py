@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import SpatialbenchError
 from .results import RunResult, TaskResult, read_results
+from .specs import layer_order
 
 # Fields whose difference makes two runs' numbers incomparable.
 SAME = ("checkpoint", "point", "geometry", "seeds", "limit", "mixed_precision", "data_seed")
@@ -44,6 +45,7 @@ def start(result: RunResult, before: RunResult | None, rerun: set[str]) -> None:
     result.tasks.update({name: task for name, task in before.tasks.items() if name not in rerun})
     result.regimes = [r for r in ("frozen", "joint") if r in {*before.regimes, *result.regimes}]
     result.baselines = list(dict.fromkeys([*before.baselines, *result.baselines]))
+    result.layers = sorted({*before.layers, *result.layers}, key=layer_order)  # the kept tasks' layers too
     result.joint_training = result.joint_training or before.joint_training
     if result.resampler_lr is None:
         result.resampler_lr = before.resampler_lr

@@ -81,8 +81,9 @@ class Reporter:
                            f"{tuple(result.visual_prompt_shape)}, {len(result.seeds)} seed(s)")
         for task in result.tasks.values():
             self.console.print(task_table(task))
-            if task.status == "ok" and result.layers:
-                self.console.print(layer_table(task, result.layers))
+            probed = [layer for layer in result.layers if layer in task.conditions]  # merged tasks may lack them
+            if task.status == "ok" and probed:
+                self.console.print(layer_table(task, probed))
         if any(c.p_holm is not None for t in result.tasks.values() for c in t.comparisons.values()):
             self.console.print("p: paired bootstrap over seeds and images; Holm: adjusted over every comparison of the "
                                "run's tasks together")

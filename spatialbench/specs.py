@@ -23,6 +23,12 @@ def is_layer(name: str) -> bool:
     return re.fullmatch(rf"({'|'.join(LAYER_STAGES)})\.[1-9][0-9]*", name) is not None
 
 
+def layer_order(name: str) -> tuple[int, int]:
+    """A layer's place in forward order (sort key)."""
+    stage, n = name.split(".")
+    return LAYER_STAGES.index(stage), int(n)
+
+
 # The metrics each target type can report; the first listed in a task is its headline.
 TARGET_METRICS: dict[str, tuple[str, ...]] = {
     "class": ("accuracy", "macro_f1"),

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from .. import __version__
 from ..errors import SpatialbenchError
 from ..results import ConditionResult, MetricSummary, Paired, RunResult, TaskResult
-from ..specs import LAYER_STAGES
+from ..specs import layer_order
 
 # Conditions in the order the page lists them; any other name a runner might add sorts after these.
 CONDITION_ORDER = ("frozen", "joint", "joint_random", "oracle", "vision_patches", "random_resampler", "blind")
@@ -79,16 +79,11 @@ def _condition_key(name: str) -> tuple[int, str]:
     return (CONDITION_ORDER.index(name) if name in CONDITION_ORDER else len(CONDITION_ORDER), name)
 
 
-def _layer_key(name: str) -> tuple[int, int]:
-    stage, n = name.split(".")
-    return LAYER_STAGES.index(stage), int(n)
-
-
 def _layer_curve(task: TaskResult, headline: str | None) -> dict | None:
     """A --layers run's headline at each layer in forward order, each with its change from the layer before,
     and the reference levels the task has."""
     conditions = conditions_of(task)
-    layers = sorted((n for n, c in conditions.items() if c.role == "layer" and headline in c.metrics), key=_layer_key)
+    layers = sorted((n for n, c in conditions.items() if c.role == "layer" and headline in c.metrics), key=layer_order)
     if not layers:
         return None
     points = []

@@ -56,6 +56,15 @@ def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image
     again = second["tasks"]["synth_relation"]["conditions"]["resampler.2"]
     assert again["metrics"] == task["conditions"]["resampler.2"]["metrics"]  # same cached rows, same probes
 
+    # another task added to the same output without --layers keeps the earlier task's layers, and the file validates
+    more = CliRunner().invoke(app, [*RUN[:4], "synth_region_grid", *RUN[7:], "--output", str(tmp_path / "out"),
+                                    "--cache-dir", str(tmp_path / "c")])
+    assert more.exit_code == 0, more.output
+    merged = json.loads((tmp_path / "out" / "blip2-tiny" / "results.json").read_text())
+    assert set(merged["tasks"]) == {"synth_relation", "synth_region_grid"} and merged["layers"] == result["layers"]
+    checked = CliRunner().invoke(app, ["leaderboard", "validate", str(tmp_path / "out" / "blip2-tiny" / "results.json")])
+    assert checked.exit_code == 0, checked.output
+
 
 def test_an_unknown_layer_is_refused_before_any_work_naming_the_declared_ones(tmp_path):
     out = CliRunner().invoke(app, [*RUN[:5], "--layers", "resampler.9", "--output", str(tmp_path / "o")])
