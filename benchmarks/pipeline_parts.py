@@ -44,8 +44,7 @@ def main(n: int = 256, batch_size: int = 32, rounds: int = 3) -> dict:
     work = Path(tempfile.mkdtemp(prefix="pipeline-parts-"))
     try:
         adapter = speed.load_adapter(midsize.write_card(work, work / "cache", "float32"), "cpu", work / "cache")
-        shape = adapter.prompt_shape
-        adapter.visual_prompt = lambda pixels, texts=None: torch.zeros(len(pixels), *shape)
+        speed.instant(adapter)
         requests = speed.jpeg_requests(work / "jpegs", n)
         todo = {key: (None, loader, key) for key, _, loader in requests}
         keys = list(todo)
