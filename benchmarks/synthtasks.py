@@ -45,7 +45,8 @@ def variant(directory: Path, base: str, name: str, sizes: dict[str, int] | None 
     spec.name, spec.groups = name, ["bench_variants"]
     if sizes is not None:
         spec.dataset.sizes = dict(sizes)
-    spec.probe = spec.probe.model_copy(update=probe)
+    # validated, so `lr=1e-3` becomes the grid [1e-3] it is once read (model_copy would keep the float)
+    spec.probe = type(spec.probe).model_validate({**spec.probe.model_dump(), **probe})
     Path(directory).mkdir(parents=True, exist_ok=True)
     _write(spec, directory)
     return TaskSpec.model_validate(spec.model_dump())
