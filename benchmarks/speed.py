@@ -216,7 +216,7 @@ def instant(adapter: Adapter) -> None:
     """Replace, on this adapter only, the one forward FeatureStore.ensure runs (`prompts_at`: every point and
     layer from one pass) by zeros of each point's shape, so what is timed is the pipeline alone. The vision
     encoder is made to raise, so a store that stops going through `prompts_at` fails this benchmark instead
-    of timing the model (it did once: 9 images/s). Undone by `model_again`."""
+    of timing the model (it did once: 9 images/s). Undone by `restore_model`."""
     adapter.prompts_at = lambda pixels, points, text=None: {p: torch.zeros(len(pixels), *adapter.shape_at(p))
                                                             for p in points}
 
@@ -225,7 +225,7 @@ def instant(adapter: Adapter) -> None:
     adapter.vision_features = refuse
 
 
-def model_again(adapter: Adapter) -> None:
+def restore_model(adapter: Adapter) -> None:
     del adapter.prompts_at, adapter.vision_features  # the class's own again
 
 
@@ -248,7 +248,7 @@ def pipeline_workers(adapter: Adapter, work: Path, n_images: int, batch_size: in
                 assert store.extracted == n_images, (store.extracted, n_images)
                 shutil.rmtree(cache, ignore_errors=True)
     finally:
-        model_again(adapter)
+        restore_model(adapter)
     rate = {w: n_images * rounds / sum(s) for w, s in seconds.items()}
     return {"images": n_images, "image_size": [640, 480], "batch_size": batch_size, "rounds": rounds,
             "workers": workers, "seconds": {str(w): [round(x, 3) for x in s] for w, s in seconds.items()},
