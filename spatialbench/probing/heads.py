@@ -76,8 +76,12 @@ class QueryEncoder(nn.Module):
         """One vector per query that keeps order: each token gated by its own slot or position vector, then
         summed (a plain sum or mean of tokens plus positions would lose the order again)."""
         tokens, keep = self(query, mask)
-        gate = self.slots if self.explicit else self.positions[: tokens.shape[1]]
-        return (tokens * torch.tanh(gate) * keep.unsqueeze(-1)).sum(1)
+        return ordered_sum(tokens, keep, self.slots if self.explicit else self.positions)
+
+
+def ordered_sum(tokens: torch.Tensor, keep: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """[B, L, w] -> [B, w]: each kept token times tanh of its own position's gate, summed, so order survives."""
+    return (tokens * torch.tanh(gates[: tokens.shape[1]]) * keep.unsqueeze(-1)).sum(1)
 
 
 class VisualInput(nn.Module):
@@ -113,7 +117,14 @@ class ReadoutBlock(nn.Module):
 
 class AttentiveProbe(nn.Module):
     """Learned read-out queries, conditioned on the task's query, cross-attending into the projected visual
-    tokens (attentive probing as in V-JEPA and AIM; Psomas et al. 2025), then an MLP over the read-outs."""
+    tokens (attentive probing as in V-JEPA and AIM; Psomas et al. 2025), then an MLP over the read-outs and
+    the query's own tokens.
+
+    The query tokens cross-attend into the prompt in every block too, and the head reads them (pooled in
+    order) beside the read-outs: what a word found in the prompt reaches the head in one hop. Without that
+    route the probe finds one named object but not two, and on answer-bearing patch tokens sits at chance
+    on synth_vsr's verification (docs/methodology.md, "Where the plateau is").
+    """
 
     def __init__(self, shape: ProbeShape, spec: ProbeSpec):
         super().__init__()
@@ -124,7 +135,8 @@ class AttentiveProbe(nn.Module):
         self.blocks = nn.ModuleList(ReadoutBlock(w, spec.input_width, spec.heads, spec.dropout)
                                     for _ in range(spec.depth))
         self.norm = nn.LayerNorm(w)
-        self.head = nn.Sequential(nn.Linear(spec.readouts * w, 4 * w), nn.GELU(), nn.Dropout(spec.dropout),
+        self.gates = nn.Parameter(torch.randn(shape.n_slots or MAX_QUERY_TOKENS, w))
+        self.head = nn.Sequential(nn.Linear((spec.readouts + 1) * w, 4 * w), nn.GELU(), nn.Dropout(spec.dropout),
                                   nn.Linear(4 * w, shape.n_out))
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,7 +147,9 @@ class AttentiveProbe(nn.Module):
         pad = torch.cat([torch.zeros(b, k, dtype=torch.bool, device=visual.device), ~q_keep], dim=1)
         for block in self.blocks:
             x = block(x, pad, memory)
-        return self.head(self.norm(x[:, :k]).flatten(1))
+        x = self.norm(x)
+        words = ordered_sum(x[:, k:], q_keep, self.gates)
+        return self.head(torch.cat([x[:, :k].flatten(1), words], dim=1))
 
 
 class LinearProbe(nn.Module):

@@ -102,4 +102,4 @@ def test_results_of_an_older_task_version_never_join_a_board_of_the_current_ones
     old = Path(__file__).resolve().parents[2] / "docs" / "runs" / "protocol-v1" / "blip2-tiny-synthetic-both.json"
     result = build(*results, old, "--out", tmp_path / "site")
     assert result.exit_code != 0 and not (tmp_path / "site" / "index.html").exists()
-    assert "version 3 of 'synth_relation' is not known; the registry has version 5" in result.output
+    assert "version 3 of 'synth_relation' is not known; the registry has version 6" in result.output

@@ -9,13 +9,15 @@ Three labels over the same pairs, each a harder step:
   half  is the first-named object in the right half?    one object found by its words, its place read
   rel   the relation of the first-named to the second   two objects found, their places compared (4 classes)
   vsr   is the statement true? (synth_vsr's minimal pairs: each pair as "A r B" true and "B r A" false)
-Probes: `base` is the shipped AttentiveProbe (spatialbench.probing.heads); `words` is the same, but the head
-also reads the query tokens after the blocks (each has cross-attended into the prompt), pooled keeping
-their order, so what a word read reaches the head in one hop instead of through the read-outs; `ctx` adds a
-self-attention layer over the query tokens before the blocks. Validation accuracy per epoch; AdamW lr 1e-3,
+Probes: `shipped` is spatialbench.probing.heads.AttentiveProbe, whose head reads the read-outs and the query
+tokens after the blocks (each has cross-attended into the prompt), pooled keeping their order; `readouts`
+is it as it was before that route (the head reads the read-outs alone); `ctx` is `readouts` with a
+self-attention layer over the query tokens before the blocks. (The numbers docs/methodology.md gives for
+`base` and `words` were measured at commit 9071af9, where `base` was `readouts` and `words` a first draft
+of the route with its own gate table.) Validation accuracy per epoch; AdamW lr 1e-3,
 weight decay 0.05, 5% warmup then cosine, clip 1, batch 64, torch seed 0.
 
-    python docs/runs/probes/toy_binding.py MODE PROBES EPOCHS      e.g.  rel base,words,ctx 8
+    python docs/runs/probes/toy_binding.py MODE PROBES EPOCHS      e.g.  rel shipped,readouts,ctx 8
 """
 
 import math
@@ -101,34 +103,17 @@ def items(n_scenes, seed, mode):
     return torch.stack(visual), WORD_TABLE[torch.tensor(query)], torch.tensor(keep), torch.tensor(label)
 
 
-class Words(AttentiveProbe):
+class ReadoutsOnly(AttentiveProbe):
+    """The shipped probe before the query tokens' route to the head: the head reads the read-outs alone."""
+
     def __init__(self, shape, spec):
         super().__init__(shape, spec)
         w, k = spec.width, spec.readouts
-        self.gates = nn.Parameter(torch.randn(LENGTH, w))
-        self.head = nn.Sequential(nn.Linear((k + 1) * w, 4 * w), nn.GELU(), nn.Linear(4 * w, shape.n_out))
+        self.head = nn.Sequential(nn.Linear(k * w, 4 * w), nn.GELU(), nn.Linear(4 * w, shape.n_out))
 
     def forward(self, visual, query, mask):
         memory, (q, q_keep) = self.visual(visual), self.query(query, mask)
-        b, k = visual.shape[0], self.readouts.shape[0]
-        x = torch.cat([self.readouts.expand(b, -1, -1), q], 1)
-        pad = torch.cat([torch.zeros(b, k, dtype=torch.bool), ~q_keep], 1)
-        for block in self.blocks:
-            x = block(x, pad, memory)
-        x = self.norm(x)
-        words = (x[:, k:] * torch.tanh(self.gates[: x.shape[1] - k]) * q_keep.unsqueeze(-1)).sum(1)
-        return self.head(torch.cat([x[:, :k].flatten(1), words], 1))
-
-
-class Contextual(AttentiveProbe):
-    def __init__(self, shape, spec):
-        super().__init__(shape, spec)
-        self.context = nn.TransformerEncoderLayer(spec.width, 4, 4 * spec.width, 0.0, activation="gelu",
-                                                  batch_first=True, norm_first=True)
-
-    def forward(self, visual, query, mask):
-        memory, (q, q_keep) = self.visual(visual), self.query(query, mask)
-        q = self.context(q, src_key_padding_mask=~q_keep)
+        q = self.contextual(q, q_keep)
         b, k = visual.shape[0], self.readouts.shape[0]
         x = torch.cat([self.readouts.expand(b, -1, -1), q], 1)
         pad = torch.cat([torch.zeros(b, k, dtype=torch.bool), ~q_keep], 1)
@@ -136,8 +121,23 @@ class Contextual(AttentiveProbe):
             x = block(x, pad, memory)
         return self.head(self.norm(x[:, :k]).flatten(1))
 
+    def contextual(self, q, q_keep):
+        return q
 
-PROBES = {"base": AttentiveProbe, "words": Words, "ctx": Contextual}
+
+class Contextual(ReadoutsOnly):
+    """ReadoutsOnly with a self-attention layer over the query tokens before the blocks."""
+
+    def __init__(self, shape, spec):
+        super().__init__(shape, spec)
+        self.context = nn.TransformerEncoderLayer(spec.width, 4, 4 * spec.width, 0.0, activation="gelu",
+                                                  batch_first=True, norm_first=True)
+
+    def contextual(self, q, q_keep):
+        return self.context(q, src_key_padding_mask=~q_keep)
+
+
+PROBES = {"shipped": AttentiveProbe, "readouts": ReadoutsOnly, "ctx": Contextual}
 
 
 def fit(probe, epochs, train, val, lr=1e-3, batch=64):

@@ -18,9 +18,10 @@ import sys
 
 import torch
 
-from spatialbench.probing.fit import fit, standardise
+from spatialbench.probing.fit import fit
 from spatialbench.probing.inputs import build_inputs
 from spatialbench.probing.oracle import oracle_features, vocabulary
+from spatialbench.probing.visual import standardised as standardise
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
 
@@ -45,7 +46,7 @@ def perfect(objects, row_images):
 
 
 class Diagnose(Runner):
-    def _probe(self, task, data, store, vision, adapter, load_seconds):
+    def _probe(self, task, data, store, vision, adapter, load_seconds, layers):
         inputs = build_inputs(task, data, store, adapter)
         train = inputs.splits["train"].image
         rows = inputs.row_images
