@@ -12,6 +12,7 @@ import yaml
 from spatialbench.adapters.base import check_declared, get_family
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
+from tests.helpers import DATA
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
 # The whole process's peak resident set of the child, as the kernel counts it.
@@ -41,9 +42,7 @@ def test_plan_for_blip2_on_every_task_prints_its_table_offline_before_any_downlo
 
 
 def test_plan_counts_a_real_dataset_where_it_is_on_disk(tmp_path):
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (shared / "vsr").is_dir():
-        pytest.skip("../shared/data is not here")
+    shared = DATA
     # Where the dataset is on disk (annotations and images: the loader reads each image's header), the plan
     # counts it; the images here are one small JPEG linked under every file name the annotations use.
     from PIL import Image

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,10 @@ import numpy as np
 from spatialbench.results import read_results
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
+from tests.helpers.paused_run import PAUSED
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
+PAUSED_RUN = Path(__file__).parent / "helpers" / "paused_run.py"
 VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "device"}
 
 
@@ -47,28 +48,28 @@ def _reference(small_tasks, tmp_path, **kw):
     return runner.run().model_dump(mode="json")
 
 
-def _start_and_wait_for_cells(args, cells: Path, at_least: int) -> subprocess.Popen:
-    proc = subprocess.Popen([SPATIALBENCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(cells.rglob("*.npz"))) >= at_least:
+def _start_paused_after(args, cells: int, stderr) -> subprocess.Popen:
+    """The run, stopped after its `cells`-th finished fit until a line is written to its stdin
+    (tests/helpers/paused_run.py): a signal sent now arrives at a known point, however fast the machine."""
+    proc = subprocess.Popen([sys.executable, str(PAUSED_RUN), str(cells), *args], env=_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    for line in proc.stdout:  # ends when the run prints PAUSED, or when it exits without pausing
+        if line.strip() == PAUSED:
             return proc
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"the run never reached {at_least} finished cells:\n{proc.communicate()[0]}")
+    proc.wait()
+    raise AssertionError(f"the run ended (rc {proc.returncode}) before its {cells}th fit")
 
 
 def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small_tasks, tmp_path):
     reference = _reference(small_tasks, tmp_path)
     out = tmp_path / "out"
     cells = out / "blip2-tiny" / "cells"
-    proc = _start_and_wait_for_cells(_args(small_tasks, out, tmp_path / "cache"), cells, at_least=4)
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = _start_paused_after(_args(small_tasks, out, tmp_path / "cache"), 4, stderr)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = sorted(cells.rglob("*.npz"))
-    total = 3 * (3 + 3 + 2)  # seeds x (grid: frozen, blind, control; relation: the same; vsr: frozen, blind)
-    assert 4 <= len(finished) < total  # killed in the middle of the work
+    assert len(finished) == 4  # killed in the middle of the work: 24 fits in all
     for path in finished:  # every file on disk is whole: written to a temporary file, fsynced, renamed
         assert "meta" in np.load(path)
     if (out / "blip2-tiny" / "results.json").exists():
@@ -85,12 +86,16 @@ def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small_tasks
 def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small_tasks, tmp_path):
     out = tmp_path / "out"
     cells = out / "blip2-tiny" / "cells"
-    proc = _start_and_wait_for_cells(_args(small_tasks, out, tmp_path / "cache"), cells, at_least=2)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = _start_paused_after(_args(small_tasks, out, tmp_path / "cache"), 2, stderr)
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=120)[0]
+    proc.wait()
+    output = log.read_text()
     assert proc.returncode == 130, output
     assert "interrupted" in output and "Run the same command again to resume" in output
-    assert len(list(cells.rglob("*.npz"))) >= 2
+    assert "2 finished probe fits are kept" in output
+    assert len(list(cells.rglob("*.npz"))) == 2
 
 
 def _entries(cache: Path) -> list[str]:

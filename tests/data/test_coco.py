@@ -12,9 +12,9 @@ from spatialbench.data import coco
 from spatialbench.data.sources import DataContext
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import TaskSpec
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 
-FIXTURE = SHARED_DATA / "refcocog_umd_fixture" / "instances.json"
+FIXTURE = DATA / "refcocog_umd_fixture" / "instances.json"
 # Out of id order on purpose: the index is the position in the list sorted by id.
 CATEGORIES = [{"id": 18, "name": "dog", "supercategory": "animal"},
               {"id": 1, "name": "person", "supercategory": "person"},

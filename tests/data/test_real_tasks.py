@@ -11,7 +11,7 @@ from PIL import Image
 from spatialbench.registry import builtin_dir
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 
 REAL_TASKS = ["vsr_random", "vsr_zeroshot", "refcocog_umd", "refcoco_unc", "refcocoplus_unc", "refcoco_unc_testb",
               "coco_region", "coco_relation"]
@@ -37,15 +37,15 @@ def roots(tmp_path_factory):
         out = data / "vsr" / "splits" / variant
         out.mkdir(parents=True)
         for split, rows in VSR_ROWS.items():
-            lines = (SHARED_DATA / "vsr" / "splits" / variant / f"{split}.jsonl").read_text().splitlines()[:rows]
+            lines = (DATA / "vsr" / "splits" / variant / f"{split}.jsonl").read_text().splitlines()[:rows]
             (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
             for line in lines:
                 row = json.loads(line)
                 folder = row["image_link"].rstrip("/").split("/")[-2]
                 n += 1
                 _stand_in(coco / folder / row["image"], (64 + n % 7, 48 + n % 5), n)
-    shutil.copytree(SHARED_DATA / "refcocog_umd_fixture", data / "refcocog")
-    instances = json.loads((SHARED_DATA / "refcocog_umd_fixture" / "instances.json").read_text())
+    shutil.copytree(DATA / "refcocog_umd_fixture", data / "refcocog")
+    instances = json.loads((DATA / "refcocog_umd_fixture" / "instances.json").read_text())
     for image in instances["images"]:
         n += 1
         _stand_in(coco / "train2014" / image["file_name"], (image["width"], image["height"]), n)

@@ -12,9 +12,9 @@ from spatialbench.data import refer
 from spatialbench.data.sources import DataContext
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import TaskSpec
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 
-FIXTURE = SHARED_DATA / "refcocog_umd_fixture"
+FIXTURE = DATA / "refcocog_umd_fixture"
 UMD = {"train": "train", "validation": "val", "test": "test"}
 INSTANCES = json.loads((FIXTURE / "instances.json").read_text())
 IMAGES = {im["id"]: im for im in INSTANCES["images"]}

@@ -1,4 +1,4 @@
-"""VSR loader against the real annotation files in ../shared/data/vsr, with stand-in images for the COCO photos.
+"""VSR loader against the real annotation files in tests/fixtures/data/vsr, with stand-in images for the COCO photos.
 
 Exact counts, labels and meta-categories of both variants are checked twice: through read_rows (the loader's row
 stage, no images) and through load() over stand-ins for all 6,259 images the variants use (zero-shot's are a subset
@@ -28,9 +28,9 @@ from spatialbench.data import vsr
 from spatialbench.data.sources import DataContext
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import TaskSpec
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 
-VSR = SHARED_DATA / "vsr"
+VSR = DATA / "vsr"
 SPLIT_FILES = {"train": "train", "validation": "dev", "test": "test"}
 COUNTS = {"random": {"train": 7680, "validation": 1097, "test": 2195},
           "zeroshot": {"train": 3489, "validation": 340, "test": 1222}}

@@ -13,7 +13,7 @@ from spatialbench.results import RunResult, read_results
 from spatialbench.runner import Runner
 from spatialbench.specs import RunConfig
 
-from ..conftest import write_small_tasks
+from tests.helpers import write_small_tasks
 
 ALL_BASELINES = ["blind", "random_resampler", "vision_patches"]
 

@@ -18,9 +18,9 @@ from spatialbench.data import coco, refer
 from spatialbench.data.sources import DataContext
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import TaskSpec
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 
-REFER_FIXTURE = SHARED_DATA / "refcocog_umd_fixture"
+REFER_FIXTURE = DATA / "refcocog_umd_fixture"
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "car"}]
 
 

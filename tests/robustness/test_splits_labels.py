@@ -14,7 +14,7 @@ from spatialbench.data.sources import DataContext, load_task_data
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import TaskRegistry
 from spatialbench.specs import TaskSpec
-from tests.conftest import SHARED_DATA
+from tests.helpers import DATA
 from tests.robustness.test_annotations import coco_root
 
 VSR_FILES = {"train": "train", "validation": "dev", "test": "test"}
@@ -84,7 +84,7 @@ def test_an_empty_vsr_split_file_names_the_task_file_and_the_source_split(tmp_pa
 
 
 def _vsr_lines(name: str, n: int) -> list[str]:
-    return (SHARED_DATA / "vsr" / "splits" / "zeroshot" / f"{name}.jsonl").read_text().splitlines()[:n]
+    return (DATA / "vsr" / "splits" / "zeroshot" / f"{name}.jsonl").read_text().splitlines()[:n]
 
 
 def _vsr_dir(tmp: Path, change) -> Path:
