@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from spatialbench.adapters.tiny import materialise, tiny_builder, word_tokenizer
+from spatialbench.adapters.tiny.builds import BUILDS, Build, materialise
+from spatialbench.adapters.tiny.vocab import word_tokenizer
 
 NAME = "blip2-mid"
 IMAGE_SIZE = 224
@@ -20,7 +21,6 @@ DESCRIPTION = ("BLIP-2 architecture, random weights: 224 px, patch 14, vision 6 
                "Q-Former 2 x 384, OPT 2 x 128, projected prompt 32 x 128")
 
 
-@tiny_builder(NAME)
 def build_blip2_mid(out: Path) -> None:
     from transformers import (
         Blip2Config,
@@ -55,6 +55,7 @@ def write_card(work: Path, cache_dir: Path, dtype: str = "float32") -> Path:
     The card names the directory, not `tiny:blip2-mid`, so `spatialbench run` subprocesses, which do
     not import this module and so do not know the builder, load it like any local checkpoint.
     """
+    BUILDS.setdefault(NAME, Build(build_blip2_mid))
     checkpoint = materialise(NAME, cache_dir)
     card = {"name": NAME, "family": "blip2", "checkpoint": str(checkpoint), "dtype": dtype, "point": "projected",
             "description": "benchmark-only mid-size BLIP-2 (random weights)"}

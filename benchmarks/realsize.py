@@ -45,7 +45,7 @@ def write_checkpoint(out: Path) -> dict:
     from safetensors.torch import save_file
     from transformers import Blip2ForConditionalGeneration, BlipImageProcessor
 
-    from spatialbench.adapters.tiny import word_tokenizer
+    from spatialbench.adapters.tiny.vocab import word_tokenizer
 
     config = real_config()
     with torch.device("meta"):
@@ -97,7 +97,7 @@ def _load(card_path: str) -> None:
 
     import transformers
 
-    from spatialbench.adapters.base import get_family
+    from spatialbench.adapters.families import get_family
     from spatialbench.report import quiet_libraries
     from spatialbench.runner import resolve_card
 

@@ -243,7 +243,7 @@ class Bench:
             small=peaks[small], large=peaks[large])
 
     def cache_bytes(self) -> None:
-        from spatialbench.adapters.base import get_family
+        from spatialbench.adapters.families import get_family
         from spatialbench.plan import geometry
         from spatialbench.registry import ModelRegistry
 

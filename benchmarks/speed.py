@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from spatialbench.adapters.base import Adapter, get_family
+from spatialbench.adapters.base import Adapter
+from spatialbench.adapters.families import get_family
 from spatialbench.data.sources import load_task_data
 from spatialbench.data.synthetic import SyntheticImages, generate_scenes
 from spatialbench.features import FeatureStore

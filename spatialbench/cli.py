@@ -333,7 +333,7 @@ def ls(
     include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
 ) -> None:
     """List the registered tasks, model cards or task groups."""
-    from .adapters.base import families
+    from .adapters.families import installed
     from .adapters.loading import WEIGHTS, weights_kind
     from .registry import ModelRegistry, TaskRegistry
 
@@ -343,7 +343,7 @@ def ls(
             table = Table("model", "family", "weights", "checkpoint", box=box.SIMPLE_HEAD, pad_edge=False)
             table.columns[0].no_wrap = table.columns[2].no_wrap = True
             table.columns[3].overflow = "fold"  # a repo id wraps; it is never cut
-            known = families()
+            known = installed()
             kinds = set()
             for name in reg.names():
                 card = reg.get(name)
@@ -378,7 +378,7 @@ def validate(
                                                           "[default: all built-in]")] = None,
 ) -> None:
     """Check task YAMLs and model cards; every problem is reported as file: field: what was wrong."""
-    from .adapters.base import check_card
+    from .adapters.families import check_card
     from .registry import ModelRegistry, TaskRegistry, load_spec, yaml_files
     from .yamlio import read_yaml
 

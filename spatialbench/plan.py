@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters.base import DTYPES, get_family
+from .adapters.base import DTYPES
+from .adapters.families import get_family
 from .adapters.layers import reads_image_only
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data

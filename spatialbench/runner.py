@@ -13,7 +13,8 @@ from accelerate.utils import gather_object
 from rich.console import Console
 
 from . import __version__, merge
-from .adapters.base import Adapter, check_declared, get_family
+from .adapters.base import Adapter, check_declared
+from .adapters.families import get_family
 from .adapters.loading import WEIGHTS, default_cache_dir, weights_kind
 from .data.examples import TaskData
 from .data.sources import DataContext, load_task_data

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .adapters.base import Adapter, get_family
+from .adapters.base import Adapter
+from .adapters.families import get_family
 from .data.synthetic import generate_scenes, render
 from .specs import ModelCard, SyntheticDataset
 

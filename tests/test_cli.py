@@ -132,8 +132,8 @@ def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp
     import yaml
 
     from spatialbench import cli as cli_module
-    from spatialbench.adapters import pretraining as pt
-    from spatialbench.adapters import testbed
+    from spatialbench.testbed import pretraining as pt
+    from spatialbench.testbed import build as testbed
 
     small = pt.Budget(train_scenes=48, validation_scenes=16, steps=3, batch_size=16)
     monkeypatch.setenv("SPATIALBENCH_CACHE", str(tmp_path / "cache"))  # a fresh machine: nothing built yet

@@ -20,15 +20,15 @@ CAP_MB = 150  # headroom over the warm-up: at 100 a run once failed an 8 MB allo
 SCRIPT = textwrap.dedent('''
     import json, resource, sys
     import torch
-    from spatialbench.adapters.base import register_family
+    from spatialbench.adapters.families import ADDED
     from spatialbench.runner import Runner
     from spatialbench.specs import RunConfig
     from tests.test_features import CountingAdapter
 
     Q, D = 64, 2048  # 512 KB a row in fp32
 
-    @register_family("wide")
     class Wide(CountingAdapter):
+        family = "wide"
         def preprocess(self, images):
             return super().preprocess(images)[:, None, :].repeat(1, Q, D // 3 + 1)[:, :, :D].contiguous()
         def vision_features(self, pixel_values):
@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent('''
         def shape_at(self, point):
             return (Q, D)
 
+    ADDED["wide"] = Wide
     torch.set_num_threads(1)
     card, tasks, cache, out, cap_mb = sys.argv[1:6]
     def run(task, output):

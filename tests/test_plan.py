@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spatialbench.adapters.base import check_declared, get_family
+from spatialbench.adapters.base import check_declared
+from spatialbench.adapters.families import get_family
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 from tests.helpers import DATA

@@ -1,13 +1,10 @@
-"""The adapter contract every resampler family implements, and the family registry."""
+"""The adapter contract every resampler family implements (families.py lists the families)."""
 
 from __future__ import annotations
 
 import copy
-import difflib
 from contextlib import contextmanager
-from importlib import import_module
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
 from operator import attrgetter
 from typing import Callable, ClassVar
 
@@ -21,10 +18,8 @@ from .geometry import DEFAULT as DEFAULT_GEOMETRY, GEOMETRIES
 from .layers import Tap, stage_of, tapped
 from .pixels import ProcessorPixels
 
-ENTRY_POINT_GROUP = "spatialbench.adapters"
 POINTS = ("resampler", "projected", "vision_patches")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUILTIN_FAMILIES = ("blip2", "generic", "idefics", "idefics2", "instructblip", "kosmos2", "llava")  # modules of spatialbench.adapters that register a family on import
 
 
 class AdapterOptions(Strict):
@@ -47,15 +42,6 @@ def card_options(family: type[Adapter], card: ModelCard, file: str | None = None
     except ValidationError as e:
         raise from_validation_error(e, file or f"model card {card.name}", root="options",
                                     model=family.options_model) from None
-
-
-def check_card(card: ModelCard, file: str | None = None) -> None:
-    """What `validate` can say of a card without loading anything: its family exists and takes its options."""
-    try:
-        family = get_family(card.family)
-    except SpatialbenchError as e:
-        raise SpatialbenchError(e.message, file=file, field="family", fix=e.fix) from None
-    card_options(family, card, file)
 
 
 class Adapter(ABC):
@@ -400,56 +386,3 @@ def check_declared(adapter: Adapter) -> None:
 @contextmanager
 def _nothing():
     yield {}
-
-
-_FAMILIES: dict[str, type[Adapter]] = {}
-
-
-def register_family(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
-    """Class decorator: make an adapter family available to model cards by name."""
-
-    def wrap(cls: type[Adapter]) -> type[Adapter]:
-        cls.family = name
-        _FAMILIES[name] = cls
-        return cls
-
-    return wrap
-
-
-_BROKEN: dict[str, SpatialbenchError] = {}  # entry points that failed to import, reported when asked for
-
-
-def _load_entry_points() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _FAMILIES or ep.name in _BROKEN:
-            continue
-        try:
-            loaded = ep.load()
-        except Exception as e:  # a broken third-party package must not hide the other families
-            _BROKEN[ep.name] = SpatialbenchError(
-                f"adapter family '{ep.name}' from entry point {ep.value} failed to import: {e}",
-                fix=f"fix or uninstall the package that provides '{ep.value}'",
-            )
-            continue
-        if isinstance(loaded, type) and issubclass(loaded, Adapter):
-            _FAMILIES.setdefault(ep.name, loaded)
-            loaded.family = loaded.family or ep.name
-
-
-def families() -> dict[str, type[Adapter]]:
-    for module in BUILTIN_FAMILIES:
-        import_module(f"{__package__}.{module}")
-
-    _load_entry_points()
-    return dict(_FAMILIES)
-
-
-def get_family(name: str) -> type[Adapter]:
-    known = families()
-    if name in _BROKEN:
-        raise _BROKEN[name]
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known families: {', '.join(sorted(known))}"
-        raise SpatialbenchError(f"unknown adapter family '{name}'", field="family", fix=hint)
-    return known[name]

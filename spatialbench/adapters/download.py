@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, get_family
+from .base import CheckpointAdapter
+from .families import get_family
 from .loading import LAYOUTS, _from_hub
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

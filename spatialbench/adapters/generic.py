@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import DTYPES, Adapter, AdapterOptions, card_options, register_family
+from .base import DTYPES, Adapter, AdapterOptions, card_options
 from .loading import resolve
 from .pixels import ProcessorPixels
 
@@ -78,8 +78,9 @@ class _Given(nn.Module):
         return BaseModelOutputWithPooling(last_hidden_state=self.features, pooler_output=self.features[:, 0])
 
 
-@register_family("generic")
 class GenericAdapter(ProcessorPixels, Adapter):
+    family = "generic"
+
     options_model = GenericOptions
     @classmethod
     def runtime_class(cls, card: ModelCard) -> str:

@@ -21,16 +21,14 @@ image_to_text_projection), and their fingerprints differ only by the point name.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import SpatialbenchError
 from ..specs import ModelCard
-from .base import CheckpointAdapter, register_family
+from .base import CheckpointAdapter
 from .layers import Tap, stack, vision_depths
-from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 EXTRACTION_PREFIXES = ("vision_model.", "image_to_text_projection.")
 EMBED_KEY = "text_model.model.embed_tokens.weight"  # Kosmos2TextForCausalLM.get_input_embeddings(), as saved
@@ -67,9 +65,10 @@ def shape_at(config, point: str) -> tuple[int, int]:
     return (config.latent_query_num, config.text_config.embed_dim)  # resampler == projected
 
 
-@register_family("kosmos2")
 class Kosmos2Adapter(CheckpointAdapter):
     """Kosmos-2 (see the module docstring: "resampler" and "projected" are one tensor here)."""
+
+    family = "kosmos2"
 
     hf_class = "Kosmos2ForConditionalGeneration"
     config_shape = staticmethod(shape_at)
@@ -134,46 +133,3 @@ class Kosmos2Adapter(CheckpointAdapter):
             model(pixel_values=pixel_values, input_ids=ids, image_embeds_position_mask=mask)
         return {"projected": captured["lm"], "resampler": captured["lm"], "vision_patches": captured["vision"],
                 **layers}
-
-
-@tiny_builder("kosmos2-tiny")
-def build_kosmos2_tiny(out: Path) -> None:
-    _build_tiny(out, IMAGE_SIZE, patch_size=8)
-
-
-@tiny_builder("kosmos2-224-tiny")
-def build_kosmos2_224_tiny(out: Path) -> None:
-    """At the released model's 224 px (patch 32 keeps it small): its processor's use_square_size resizes to the
-    class default 224 whatever the config says, so only at 224 does that path run as on the real model."""
-    _build_tiny(out, 224, patch_size=32)
-
-
-def _build_tiny(out: Path, image_size: int, patch_size: int) -> None:
-    from tokenizers.processors import TemplateProcessing
-    from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
-
-    tokenizer = word_tokenizer()
-    tokenizer.add_special_tokens({"bos_token": "<s>"})  # Kosmos2Processor writes <s> before the image
-    # Like the real (XLM-R style) tokenizer, add <s> ... </s> by default, which the processor turns off.
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)])
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    # The processor adds its tag tokens and num_patch_index_tokens location tokens (1024 in the real model).
-    processor = Kosmos2Processor(image_processor, tokenizer, num_patch_index_tokens=16)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch_size)
-    text = dict(
-        embed_dim=48, layers=2, ffn_dim=96, attention_heads=2, vocab_size=len(processor.tokenizer),
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        init_std=0.2,  # at 0.02 the x_attn projections make all 8 latent queries give nearly the same row
-    )
-    config = Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=8)
-    model = Kosmos2ForConditionalGeneration(config)
-    with torch.no_grad():
-        # The unit-norm features go through `dense` and are concatenated with N(0, 1) latent queries as the keys
-        # and values: at init_std they come out ~100x smaller and the prompt barely depends on the image.
-        model.image_to_text_projection.dense.weight.normal_(0.0, 2.0)
-    model.save_pretrained(out, max_shard_size="50KB")
-    processor.save_pretrained(out)

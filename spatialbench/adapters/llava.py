@@ -20,15 +20,13 @@ Checkpoint layouts handled by the selective loader (all map to this module's nam
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import SpatialbenchError
-from .base import CheckpointAdapter, register_family
+from .base import CheckpointAdapter
 from .layers import Tap, stack, vision_depths
-from .tiny import IMAGE_SIZE, tiny_builder, word_tokenizer
 
 POINTS = ("projected", "vision_patches")
 
@@ -82,8 +80,9 @@ def shape_at(config, point: str) -> tuple[int, int]:
     return (tokens, v.hidden_size * layers)
 
 
-@register_family("llava")
 class LlavaAdapter(CheckpointAdapter):
+    family = "llava"
+
     hf_class = "LlavaForConditionalGeneration"
     config_shape = staticmethod(shape_at)
     cached_as = {"projected": ("vision_patches", "parts.multi_modal_projector")}  # the projection runs per batch
@@ -138,34 +137,3 @@ class LlavaAdapter(CheckpointAdapter):
         with torch.no_grad(), self.reference_layers(model) as layers:
             model(pixel_values=pixel_values, input_ids=ids)
         return {"projected": captured["lm"][:, :q], "vision_patches": captured["patches"], **layers}
-
-
-@tiny_builder("llava-tiny")
-def build_llava_tiny(out: Path) -> None:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tokenizer = word_tokenizer(("<image>",))  # LlavaProcessor does not add <image> itself
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
-        image_size=IMAGE_SIZE, patch_size=8,
-    )
-    text = LlamaConfig(
-        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    patches = (IMAGE_SIZE // 8) ** 2
-    config = LlavaConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(), image_seq_length=patches,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",  # as llava-1.5
-    )
-    model = LlavaForConditionalGeneration(config)
-    model.save_pretrained(out, max_shard_size="100KB")
-    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE,
-                                                                                    "width": IMAGE_SIZE})
-    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    images.save_pretrained(out)

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import SpatialbenchError
+from .tiny.builds import materialise, tiny_weights
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -131,8 +132,6 @@ def _read(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
 def resolve(checkpoint: str, revision: str, cache_dir: Path | None = None) -> Checkpoint:
     """A local directory, tiny:<name> (built in code on first use), or a Hub repo id."""
     if checkpoint.startswith("tiny:"):
-        from .tiny import materialise
-
         return Checkpoint(materialise(checkpoint.removeprefix("tiny:"), cache_dir or default_cache_dir()))
     path = Path(checkpoint).expanduser()
     if path.is_dir():
@@ -152,8 +151,6 @@ WEIGHTS = {  # what `ls models` says of a card's weights, and what it means (the
 def weights_kind(checkpoint: str, revision: str) -> str:
     """Which of WEIGHTS a card's checkpoint is, without fetching anything."""
     if checkpoint.startswith("tiny:"):
-        from .tiny import tiny_weights
-
         return tiny_weights(checkpoint.removeprefix("tiny:"))
     if Path(checkpoint).expanduser().is_dir():
         return "local"

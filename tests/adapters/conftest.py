@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from spatialbench.adapters.blip2 import Blip2Adapter  # noqa: E402
-from spatialbench.adapters.tiny import materialise  # noqa: E402
+from spatialbench.adapters.tiny.builds import materialise  # noqa: E402
 from spatialbench.specs import ModelCard  # noqa: E402
 
 BLIP2_TINY = ModelCard(name="blip2-tiny", family="blip2", checkpoint="tiny:blip2-tiny")

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spatialbench.adapters import loading
-from spatialbench.adapters.tiny import materialise
+from spatialbench.adapters.tiny.builds import materialise
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the snapshot every replica is installed under
 

@@ -13,8 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from spatialbench.adapters import loading, tiny
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters import loading
+from spatialbench.adapters.tiny import builds
+from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.blip2 import EXTRACTION_PREFIXES, Blip2Adapter
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
@@ -69,7 +71,7 @@ def test_preprocess_matches_the_checkpoints_own_image_processor(blip2_tiny, blip
     images = mixed_images()
     expected = AutoImageProcessor.from_pretrained(blip2_tiny_dir)(images=images, return_tensors="pt")["pixel_values"]
     got = adapter.preprocess(images)
-    assert got.shape == (len(images), 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    assert got.shape == (len(images), 3, IMAGE_SIZE, IMAGE_SIZE)
     assert got.dtype == torch.float32
     assert torch.equal(got, expected)
 
@@ -385,15 +387,15 @@ def test_batch_invariance_and_determinism(blip2_tiny, point):
 
 
 def test_materialise_is_idempotent(tiny_cache, blip2_tiny_dir, monkeypatch):
-    first = tiny.materialise("blip2-tiny", tiny_cache)
+    first = builds.materialise("blip2-tiny", tiny_cache)
     mtime = (first / "config.json").stat().st_mtime_ns
     listing = sorted(p.name for p in first.iterdir())
 
     def must_not_build(out):
         raise AssertionError("materialise rebuilt an existing tiny checkpoint")
 
-    monkeypatch.setitem(tiny._BUILDERS, "blip2-tiny", must_not_build)
-    second = tiny.materialise("blip2-tiny", tiny_cache)
+    monkeypatch.setitem(builds.BUILDS, "blip2-tiny", builds.Build(must_not_build))
+    second = builds.materialise("blip2-tiny", tiny_cache)
     assert second == first == blip2_tiny_dir
     assert (second / "config.json").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in second.iterdir()) == listing
@@ -574,7 +576,7 @@ def test_a_t5_whose_table_is_stored_only_under_a_tied_alias_loads_and_a_missing_
 ):
     import json
 
-    source = tiny.materialise("blip2-t5-tiny", tiny_cache)
+    source = builds.materialise("blip2-t5-tiny", tiny_cache)
     t5 = ModelCard(name="blip2-t5-tiny", family="blip2", checkpoint=str(source))
     reference = blip2_tiny("projected", card=t5)
     shared, alias = "language_model.shared.weight", "language_model.encoder.embed_tokens.weight"

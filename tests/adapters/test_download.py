@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from spatialbench.adapters import loading
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.download import fetch, plan_download
 from spatialbench.cli import app
 from spatialbench.errors import SpatialbenchError

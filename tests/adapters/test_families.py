@@ -1,10 +1,12 @@
-"""Adapter families come from the decorator and from the `spatialbench.adapters` entry-point group."""
+"""Adapter families: the built-in ones listed in families.py, third-party ones from the `spatialbench.adapters`
+entry-point group."""
 
 import textwrap
 
 import pytest
 
-from spatialbench.adapters import base
+from spatialbench.adapters import families
+from spatialbench.adapters.blip2 import Blip2Adapter
 from spatialbench.errors import SpatialbenchError
 
 
@@ -24,30 +26,31 @@ def test_a_third_party_family_arrives_through_its_entry_point(tmp_path, monkeypa
             pass
     """, "thirdparty = thirdparty_adapter:ThirdParty")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(base, "_FAMILIES", dict(base._FAMILIES))
-    assert "thirdparty" not in base._FAMILIES
-    found = base.get_family("thirdparty")
+    found = families.get_family("thirdparty")
     assert found.__name__ == "ThirdParty" and found.family == "thirdparty"
-    assert "blip2" in base.families()
+    assert "blip2" in families.families()
 
 
 def test_a_broken_entry_point_is_reported_when_asked_for_and_hides_nothing(tmp_path, monkeypatch):
     _fake_distribution(tmp_path, "broken_adapter", "raise ImportError('no such thing')\n",
                        "broken = broken_adapter:Nope")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(base, "_FAMILIES", dict(base._FAMILIES))
-    monkeypatch.setattr(base, "_BROKEN", {})
-    assert "blip2" in base.families() and "broken" not in base.families()
+    assert "blip2" in families.installed() and "broken" not in families.installed()
     with pytest.raises(SpatialbenchError, match="broken_adapter:Nope") as e:
-        base.get_family("broken")
+        families.get_family("broken")
     assert "failed to import" in str(e.value) and "no such thing" in str(e.value)
 
 
-def test_the_decorator_registers_and_names_a_family(monkeypatch):
-    monkeypatch.setattr(base, "_FAMILIES", dict(base._FAMILIES))
+def test_the_builtin_families_are_listed_not_registered_on_import():
+    """Each built-in family names itself; none is found by importing a module for its side effect."""
+    assert {cls.family for cls in families.BUILTIN} == {"blip2", "generic", "idefics", "idefics2", "instructblip",
+                                                        "kosmos2", "llava"}
+    assert families.get_family("blip2") is Blip2Adapter
 
-    @base.register_family("decorated")
-    class Decorated(base.Adapter):
-        pass
 
-    assert base.get_family("decorated") is Decorated and Decorated.family == "decorated"
+def test_a_family_added_in_a_test_is_found(monkeypatch):
+    class Added(Blip2Adapter):
+        family = "added"
+
+    monkeypatch.setitem(families.ADDED, "added", Added)
+    assert families.get_family("added") is Added

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.errors import SpatialbenchError, ValidationErrors
 from spatialbench.registry import ModelRegistry
 from spatialbench.testing import probe_images

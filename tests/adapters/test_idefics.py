@@ -16,8 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from spatialbench.adapters import loading, tiny
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters import loading
+from spatialbench.adapters.tiny.builds import materialise
+from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.idefics import EMBED_PREFIX, EXTRACTION_PREFIXES, IdeficsAdapter, shape_at
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
@@ -33,7 +35,7 @@ TEXTS = ["what is left of the red circle", "where is the blue square in image"]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_cache) -> Path:
-    return tiny.materialise("idefics-tiny", tiny_cache)
+    return materialise("idefics-tiny", tiny_cache)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_preprocess_is_what_the_idefics_processor_puts_in_pixel_values(idefics, 
     adapter, images = idefics(), mixed_images()
     got = adapter.preprocess(images)
     inputs = processor_inputs(processor, [[im, t] for im, t in zip(images, TEXTS * 3)])
-    assert inputs["pixel_values"].shape == (len(images), 1, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
+    assert inputs["pixel_values"].shape == (len(images), 1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert got.dtype == torch.float32
     assert torch.equal(got, inputs["pixel_values"][:, 0])
 

@@ -18,16 +18,15 @@ import torch
 from safetensors import safe_open
 
 from spatialbench.adapters import loading
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.idefics2 import (
     EXTRACTION_PREFIXES,
     Idefics2Adapter,
     Idefics2Parts,
     shape_at,
-    tiny_config,
-    tiny_processor,
 )
-from spatialbench.adapters.tiny import materialise
+from spatialbench.adapters.tiny.builds import materialise
+from spatialbench.adapters.tiny.idefics2 import tiny_config, tiny_processor
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
 

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from spatialbench.adapters import loading
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.instructblip import (
     EXTRACTION_PREFIXES,
     QFORMER_TOKENIZER,
@@ -24,7 +24,7 @@ from spatialbench.adapters.instructblip import (
     shape_at,
 )
 from spatialbench.adapters.loading import dtype_plan, input_embedding_key
-from spatialbench.adapters.tiny import materialise
+from spatialbench.adapters.tiny.builds import materialise
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 from spatialbench.specs import ModelCard

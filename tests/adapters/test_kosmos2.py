@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from spatialbench.adapters import loading, tiny
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters import loading
+from spatialbench.adapters.tiny.builds import materialise
+from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.kosmos2 import EMBED_KEY, EXTRACTION_PREFIXES, Kosmos2Adapter, shape_at
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
@@ -31,7 +33,7 @@ TEXTS = ["what is left of the red circle", "where is the blue square in image"] 
 
 @pytest.fixture(scope="module")
 def kosmos2_tiny_dir(tiny_cache) -> Path:
-    return tiny.materialise("kosmos2-tiny", tiny_cache)
+    return materialise("kosmos2-tiny", tiny_cache)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def test_preprocess_matches_the_processor(kosmos2_tiny, processor):
     adapter = kosmos2_tiny()
     imgs = images()
     got = adapter.preprocess(imgs)
-    assert got.shape == (len(imgs), 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE) and got.dtype == torch.float32
+    assert got.shape == (len(imgs), 3, IMAGE_SIZE, IMAGE_SIZE) and got.dtype == torch.float32
     assert torch.equal(got, processor(images=imgs, return_tensors="pt")["pixel_values"])
 
 

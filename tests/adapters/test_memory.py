@@ -11,7 +11,7 @@ import torch
 PROBE = """
 import json, sys, threading, time
 import torch, transformers
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.specs import ModelCard
 
 def rss_kb():
@@ -53,7 +53,7 @@ print(json.dumps({"growth_kb": peak[0] - before, "keys": keys}))
 def _llm_heavy_blip2(path):
     from transformers import BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
-    from spatialbench.adapters.tiny import word_tokenizer
+    from spatialbench.adapters.tiny.vocab import word_tokenizer
 
     torch.manual_seed(0)
     text = OPTConfig(hidden_size=512, word_embed_proj_dim=512, ffn_dim=2048, num_hidden_layers=12,
@@ -94,7 +94,7 @@ def _llm_heavy_instructblip(path):
     from transformers import AutoConfig, InstructBlipForConditionalGeneration, LlamaConfig
 
     from spatialbench.adapters.loading import default_cache_dir
-    from spatialbench.adapters.tiny import materialise
+    from spatialbench.adapters.tiny.builds import materialise
 
     tiny = materialise("instructblip-tiny", default_cache_dir())
     config = AutoConfig.from_pretrained(tiny)

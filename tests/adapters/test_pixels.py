@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.pixels import Normalise
 from spatialbench.runner import resolve_card
 

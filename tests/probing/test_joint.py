@@ -69,7 +69,7 @@ def test_every_joint_fit_starts_from_the_checkpoints_resampler(both_run):
 
 
 def _joint_setup(small_tasks, tmp_path, resampler_mode="train", **config):
-    from spatialbench.adapters.base import get_family
+    from spatialbench.adapters.families import get_family
     from spatialbench.data.sources import load_task_data
     from spatialbench.features import FeatureStore
     from spatialbench.probing import conditions

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spatialbench.adapters.base import get_family
+from spatialbench.adapters.families import get_family
 from spatialbench.adapters.blip2 import Blip2Adapter
 from spatialbench.cli import app
 from spatialbench.features import FeatureStore

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pretraining as pt
-from .tiny import IMAGE_SIZE, materialise, tiny_builder, word_tokenizer
+from ..adapters.tiny.vocab import IMAGE_SIZE, word_tokenizer
 
 log = logging.getLogger(__name__)
 PATCH = 8
@@ -194,21 +194,13 @@ def _qformer(model, feats: torch.Tensor) -> torch.Tensor:
     return model.qformer(query_embeds=queries, encoder_hidden_states=feats, encoder_attention_mask=mask)[0]
 
 
-PRETRAINED = "pretrained here"
+PRETRAINED = "pretrained here"  # what these builds' weights are (`ls models`)
 
 
-@tiny_builder("testbed-vision", weights=PRETRAINED)
-def _build_vision(out: Path) -> None:
-    pretrain_vision(out)
+def captioner(objective: str):
+    """The build of one stage-2 captioner, over the shared stage-1 encoder's directory."""
 
-
-def _build(objective: str):
-    def build(out: Path) -> None:
-        # The shared stage-1 encoder is cached beside this build (out is a temporary dir in <cache>/tiny).
-        pretrain_captioner(out, objective, materialise("testbed-vision", out.parent.parent))
+    def build(out: Path, vision_dir: Path) -> None:
+        pretrain_captioner(out, objective, vision_dir)
 
     return build
-
-
-tiny_builder("blip2-pretrained", weights=PRETRAINED)(_build("names"))
-tiny_builder("blip2-pretrained-spatial", weights=PRETRAINED)(_build("names+boxes"))

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from spatialbench.adapters import pretraining as pt
-from spatialbench.adapters import testbed
+from spatialbench.testbed import pretraining as pt
+from spatialbench.testbed import build as testbed
 from spatialbench.data.synthetic import Scene, SceneObject, render
 from spatialbench.specs import ModelCard
 from spatialbench.testing import assert_conformant
