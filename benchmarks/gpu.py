@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     import speed
 
-    from spatialbench.report import quiet_libraries
+    from spatialbench.run.report import quiet_libraries
 
     quiet_libraries()
     dtypes = [{"bf16": "bfloat16", "fp32": "float32"}[d.strip()] for d in args.dtype.split(",") if d.strip()]

@@ -40,7 +40,7 @@ def _extract(card: str, n: int, cache_dir: str, batch_size: int, device: str) ->
     from speed import load_adapter, scene_requests
 
     from spatialbench.features import FeatureStore
-    from spatialbench.report import quiet_libraries
+    from spatialbench.run.report import quiet_libraries
 
     quiet_libraries()
     adapter = load_adapter(Path(card), device, Path(cache_dir))

@@ -98,8 +98,8 @@ def _load(card_path: str) -> None:
     import transformers
 
     from spatialbench.adapters.families import get_family
-    from spatialbench.report import quiet_libraries
-    from spatialbench.runner import resolve_card
+    from spatialbench.run.report import quiet_libraries
+    from spatialbench.registry import resolve_card
 
     def kb(field: str) -> int:
         with open("/proc/self/status") as f:

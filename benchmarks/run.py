@@ -48,8 +48,8 @@ import synthtasks
 import torch
 import transformers
 
-from spatialbench.report import quiet_libraries
-from spatialbench.runner import resolve_card
+from spatialbench.run.report import quiet_libraries
+from spatialbench.registry import resolve_card
 
 FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "memory", "training", "cache", "realsize")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -244,7 +244,7 @@ class Bench:
 
     def cache_bytes(self) -> None:
         from spatialbench.adapters.families import get_family
-        from spatialbench.plan import geometry
+        from spatialbench.run.plan import geometry
         from spatialbench.registry import ModelRegistry
 
         cards = {}

@@ -28,7 +28,7 @@ from spatialbench.probing.fit import fit
 from spatialbench.probing.inputs import build_inputs, feature_requests
 from spatialbench.probing.joint import JointEncoder, ResamplerSnapshot
 from spatialbench.probing.visual import Visual
-from spatialbench.runner import resolve_card
+from spatialbench.registry import resolve_card
 from spatialbench.specs import SyntheticDataset, TaskSpec
 
 
@@ -275,7 +275,7 @@ def pipeline_workers_fresh(card: Path, device: str, cache_dir: Path, work: Path,
 if __name__ == "__main__":
     if sys.argv[1:2] != ["pipeline"]:
         raise SystemExit("usage: python benchmarks/speed.py pipeline CARD DEVICE CACHE_DIR WORK N BATCH WORKERS ROUNDS")
-    from spatialbench.report import quiet_libraries
+    from spatialbench.run.report import quiet_libraries
 
     quiet_libraries()
     card, device, cache_dir, work = Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5])

@@ -116,8 +116,8 @@ def run(
              "resampler.1,vision.2 (a bare n is resampler.n); one forward per image gives them all")] = None,
 ) -> None:
     """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
-    from .report import Reporter, log_progress, quiet_libraries
-    from .runner import Runner
+    from .run.report import Reporter, log_progress, quiet_libraries
+    from .run.runner import Runner
 
     quiet_libraries()
     log_progress(err)
@@ -177,10 +177,9 @@ def plan(
     fits, peak RAM), from the card and the annotations alone: nothing is downloaded, extracted or trained."""
     import json
 
-    from .plan import estimate, table
-    from .registry import TaskRegistry
-    from .report import quiet_libraries
-    from .runner import resolve_card
+    from .registry import TaskRegistry, resolve_card
+    from .run.plan import estimate, table
+    from .run.report import quiet_libraries
 
     quiet_libraries()
     try:
@@ -234,8 +233,8 @@ def compare(
     output: Annotated[Optional[Path], typer.Option("--out", help="also write the comparison as JSON here")] = None,
 ) -> None:
     """Model vs model: A - B on every task both scored, paired item by item (bootstrap over images)."""
-    from .compare import compare as compare_runs
-    from .report import comparison_table
+    from .results.compare import compare as compare_runs
+    from .run.report import comparison_table
 
     try:
         result = compare_runs(a, b, condition)
@@ -261,9 +260,10 @@ def check_adapter(
     trust_remote_code: Annotated[bool, typer.Option(help="allow a card with trust_remote_code")] = False,
 ) -> None:
     """Conformance: the adapter's prompt is exactly what the model feeds its LLM, and behaves as declared."""
-    from .report import log_progress, quiet_libraries
-    from .runner import resolve_device
-    from .testing import resolve_card, run_checks
+    from .conformance.checks import run_checks
+    from .registry import resolve_card
+    from .run.devices import resolve_device
+    from .run.report import log_progress, quiet_libraries
 
     quiet_libraries()
     log_progress(err)
@@ -299,7 +299,7 @@ def download(
 ) -> None:
     """Fetch a Hub checkpoint's metadata and only the weight files extraction reads, so runs work offline after."""
     from .adapters.download import fetch, plan_download
-    from .testing import resolve_card
+    from .registry import resolve_card
 
     try:
         plan = plan_download(resolve_card(model))
@@ -427,6 +427,7 @@ def validate(
 
 
 from .leaderboard.commands import app as leaderboard_app  # the sub-app only reads results files
+
 app.add_typer(leaderboard_app, name="leaderboard")
 
 

@@ -163,3 +163,13 @@ class ModelRegistry(_Registry):
 
     def __init__(self, include_paths: list[Path] = ()):
         super().__init__([builtin_dir("models"), *packaged_card_dirs(), *map(Path, include_paths)])
+
+
+def resolve_card(model: ModelCard | str | Path) -> ModelCard:
+    """A model card as given, by name, or from the path of a card's YAML file."""
+    if isinstance(model, ModelCard):
+        return model
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return load_spec(path, ModelCard)
+    return ModelRegistry().get(str(model))

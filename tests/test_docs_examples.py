@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from spatialbench.cli import DEMO_TASK_DIR, DEMO_TASKS, app
-from spatialbench.plan import estimate
+from spatialbench.run.plan import estimate
 from spatialbench.registry import TaskRegistry
-from spatialbench.runner import resolve_card
+from spatialbench.registry import resolve_card
 from spatialbench.specs import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,7 @@
 """Helpers shared by the adapter tests: probe images, a recording safe_open handle, a checkpoint's index."""
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,26 @@ class RecordingHandle:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+
+def isolated_offline_hub(tmp_path, monkeypatch) -> tuple[Path, list]:
+    """A fresh, empty HF cache, offline mode on, and any socket connect recorded and refused."""
+    import huggingface_hub.constants as hub_constants
+
+    hf_home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+    attempts = []
+
+    def no_network(self, *args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"network connection attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    return hf_home / "hub", attempts

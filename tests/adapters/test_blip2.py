@@ -5,7 +5,6 @@ captured with hooks, so a wrong module, a wrong preprocessing step or a wrong ex
 """
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from spatialbench.adapters.blip2 import EXTRACTION_PREFIXES, Blip2Adapter
 from spatialbench.errors import SpatialbenchError
 from spatialbench.specs import ModelCard
 
-from .helpers import TEXTS, RecordingHandle, index_of, mixed_images, square_scenes
+from .helpers import TEXTS, isolated_offline_hub, RecordingHandle, index_of, mixed_images, square_scenes
 
 POINTS = ("resampler", "projected")
 EMBED_KEY = "language_model.model.decoder.embed_tokens.weight"
@@ -423,29 +422,6 @@ def test_unknown_tiny_name_is_a_clear_error(tiny_cache):
     assert "blip2-tiny" in str(err.value)  # the fix lists the names that exist
 
 
-def _isolated_offline_hub(tmp_path, monkeypatch) -> tuple[Path, list]:
-    """A fresh, empty HF cache, offline mode on, and any socket connect recorded and refused."""
-    import huggingface_hub.constants as hub_constants
-
-    hf_home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub_constants, "HF_HOME", str(hf_home))
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-
-    attempts = []
-
-    def no_network(self, *args, **kwargs):
-        attempts.append(args)
-        raise AssertionError(f"network connection attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
-    return hf_home / "hub", attempts
-
-
 def _snapshot(hub_cache: Path, repo_id: str, commit: str) -> Path:
     """An empty snapshot of `repo_id` at `commit` in the Hub cache layout, with refs/main pointing at it."""
     repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
@@ -457,7 +433,7 @@ def _snapshot(hub_cache: Path, repo_id: str, commit: str) -> Path:
 
 
 def test_uncached_hub_checkpoint_offline_is_a_clear_error_without_network(tmp_path, tiny_cache, monkeypatch):
-    _, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    _, attempts = isolated_offline_hub(tmp_path, monkeypatch)
 
     card = ModelCard(name="blip2-opt", family="blip2", checkpoint="Salesforce/blip2-opt-2.7b")
     with pytest.raises(SpatialbenchError) as err:
@@ -473,7 +449,7 @@ def test_cached_hub_checkpoint_loads_offline_without_its_decoder_only_shards(
     tmp_path, tiny_cache, blip2_tiny, blip2_tiny_dir, monkeypatch
 ):
     """The Hub path: metadata from the cache, weight shards fetched lazily, and only those extraction needs."""
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     commit = "89abcdef0123456789abcdef0123456789abcdef"
     snapshot = _snapshot(hub_cache, "someorg/blip2-cached", commit)
     weight_map = index_of(blip2_tiny_dir)
@@ -493,7 +469,7 @@ def test_cached_hub_checkpoint_loads_offline_without_its_decoder_only_shards(
 
 
 def test_offline_fix_names_a_cli_that_exists(tmp_path, tiny_cache, monkeypatch):
-    _isolated_offline_hub(tmp_path, monkeypatch)
+    isolated_offline_hub(tmp_path, monkeypatch)
     card = ModelCard(name="blip2-opt", family="blip2", checkpoint="Salesforce/blip2-opt-2.7b")
     with pytest.raises(SpatialbenchError) as err:
         Blip2Adapter.load(card, cache_dir=tiny_cache)
@@ -502,7 +478,7 @@ def test_offline_fix_names_a_cli_that_exists(tmp_path, tiny_cache, monkeypatch):
 
 
 def test_cached_metadata_without_weights_offline_is_a_clear_error(tmp_path, tiny_cache, blip2_tiny_dir, monkeypatch):
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = _snapshot(hub_cache, "someorg/blip2-meta-only", commit)
     for p in blip2_tiny_dir.glob("*.json"):  # what the metadata-only snapshot_download fetches
@@ -545,7 +521,7 @@ def test_a_bin_only_hub_checkpoint_loads_offline_from_its_needed_shards_only(
     weights-only, shard by shard, through the Hub cache; the decoder-only shards are never needed."""
     import json
 
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     commit = "fedcba9876543210fedcba9876543210fedcba98"
     snapshot = _snapshot(hub_cache, "someorg/blip2-bin-only", commit)
     safetensors_map = index_of(blip2_tiny_dir)

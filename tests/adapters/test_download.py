@@ -16,14 +16,14 @@ from spatialbench.registry import ModelRegistry
 
 from .helpers import square_scenes
 from .replicas import REPLICAS, install, weight_files
-from .test_blip2 import _isolated_offline_hub
+from .helpers import isolated_offline_hub
 
 CARD = "idefics-80b"  # 17 weight files, the decoder's in most of them
 
 
 @pytest.fixture
 def snapshot(tmp_path, monkeypatch, tiny_cache):
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     yield install(CARD, hub_cache, tiny_cache)
     assert not attempts
 
@@ -76,7 +76,7 @@ def test_a_card_whose_checkpoint_is_not_a_hub_repo_says_so():
 
 def test_a_bin_only_repo_is_planned_from_its_pytorch_index(tmp_path, monkeypatch, tiny_cache):
     # Many fine-tuned checkpoints ship only pytorch_model-*.bin: the same selection, read from their index.
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     snapshot = install("blip2", hub_cache, tiny_cache, dataclasses.replace(REPLICAS["blip2"], files=4, weights="bin"))
     assert (snapshot / loading.BIN_INDEX).is_file() and not (snapshot / loading.INDEX).is_file()
     card = ModelRegistry().get("blip2")

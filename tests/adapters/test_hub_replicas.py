@@ -9,13 +9,13 @@ from spatialbench.cli import app
 from spatialbench.registry import ModelRegistry
 
 from .replicas import REPLICAS, install
-from .test_blip2 import _isolated_offline_hub
+from .helpers import isolated_offline_hub
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch, tiny_cache):
     """install(card name) -> its replica's snapshot, in a fresh offline HF cache; any network use fails the test."""
-    hub_cache, attempts = _isolated_offline_hub(tmp_path, monkeypatch)
+    hub_cache, attempts = isolated_offline_hub(tmp_path, monkeypatch)
     yield lambda name: install(name, hub_cache, tiny_cache)
     assert not attempts
 

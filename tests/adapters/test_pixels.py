@@ -7,7 +7,7 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 
 from spatialbench.adapters.families import get_family
 from spatialbench.adapters.pixels import Normalise
-from spatialbench.runner import resolve_card
+from spatialbench.registry import resolve_card
 
 from .helpers import mixed_images
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from spatialbench.registry import builtin_dir
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 from tests.helpers import DATA
 

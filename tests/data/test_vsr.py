@@ -396,7 +396,7 @@ def test_a_vsr_run_reports_the_overlap_and_the_headline_on_seen_and_unseen_image
     """Real VSR rows (random split), stand-in images: half the test items share an image with train."""
     import yaml
 
-    from spatialbench.runner import Runner
+    from spatialbench.run.runner import Runner
     from spatialbench.specs import RunConfig
 
     rows = {s: raw_rows("random", s) for s in SPLIT_FILES}

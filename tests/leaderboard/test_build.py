@@ -89,7 +89,7 @@ def test_embedded_strings_cannot_end_the_script():
 def test_the_leaderboard_reads_results_without_the_runner_trainer_or_torch():
     code = ("import sys, spatialbench.leaderboard.commands, spatialbench.leaderboard.build; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'accelerate') "
-            "or m in ('spatialbench.runner', 'spatialbench.probing.fit', 'spatialbench.cli')))")
+            "or m in ('spatialbench.run.runner', 'spatialbench.probing.fit', 'spatialbench.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

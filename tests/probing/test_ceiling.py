@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from spatialbench.results import read_results
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 # synth_vsr's minimal pairs over scenes of two objects: "the A is left of the B" (true) beside "the B is left of

@@ -4,72 +4,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from accelerate import Accelerator
 
-from spatialbench.probing.fit import ProbeInputs, Split, fit
-from spatialbench.probing.visual import standardised
-from spatialbench.probing.heads import ProbeShape
+from spatialbench.probing.fit import fit
 from spatialbench.specs import ProbeSpec
 from spatialbench.stats import metrics
-
-N = {"train": 600, "validation": 150, "test": 300}
-Q, D, K = 4, 8, 4
-
-
-def _splits(targets: dict, query) -> dict:
-    out, start = {}, 0
-    for name, n in N.items():
-        out[name] = Split(torch.arange(start, start + n), query[start:start + n], targets[name],
-                          np.full((n, 2), 100.0))
-        start += n
-    return out
-
-
-def _class_inputs(encode: bool, implicit: bool = False) -> ProbeInputs:
-    g = torch.Generator().manual_seed(0)
-    total = sum(N.values())
-    target = torch.randint(0, K, (total,), generator=g)
-    features = torch.randn(total, Q, D, generator=g) * 0.3
-    if encode:  # the answer is written into token 0, one-hot
-        features[torch.arange(total), 0, target] += 3.0
-    else:  # shuffled labels: targets are independent of the features
-        target = target[torch.randperm(total, generator=g)]
-    if implicit:
-        query = torch.randint(0, 5, (total,), generator=g)
-        text, mask = torch.randn(5, 3, 6, generator=g), torch.ones(5, 3, dtype=torch.long)
-        shape = ProbeShape(Q, D, K, text_dim=6)
-    else:
-        query = torch.randint(0, 10, (total, 1), generator=g)
-        text = mask = None
-        shape = ProbeShape(Q, D, K, n_categories=10, n_slots=1)
-    split_targets, start = {}, 0
-    for name, n in N.items():
-        split_targets[name] = target[start:start + n]
-        start += n
-    splits = _splits(split_targets, query)
-    return ProbeInputs(standardised(features, splits["train"].image), splits, shape, box=False, text=text,
-                       text_mask=mask)
-
-
-def _box_inputs() -> ProbeInputs:
-    g = torch.Generator().manual_seed(1)
-    total = sum(N.values())
-    centre = torch.rand(total, 2, generator=g) * 0.5 + 0.25
-    size = torch.rand(total, 2, generator=g) * 0.3 + 0.1
-    boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
-    features = torch.randn(total, Q, D, generator=g) * 0.01
-    features[:, 0, :2] += torch.logit(centre)  # linear in what the box head's sigmoid inverts
-    features[:, 0, 2:4] += torch.logit(size)
-    query = torch.zeros(total, 1, dtype=torch.long)
-    targets, start = {}, 0
-    for name, n in N.items():
-        targets[name] = boxes[start:start + n]
-        start += n
-    splits = _splits(targets, query)
-    return ProbeInputs(standardised(features, splits["train"].image), splits,
-                       ProbeShape(Q, D, 4, n_categories=1, n_slots=1), box=True)
-
+from tests.helpers.probe_inputs import K, N, box_inputs, class_inputs
 
 def _spec(arch: str, **kw) -> ProbeSpec:
     options = dict(architecture=arch, width=32, depth=1, heads=2, lr=3e-3, epochs=40, patience=8)
@@ -78,20 +18,20 @@ def _spec(arch: str, **kw) -> ProbeSpec:
 
 @pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_probe_reads_features_that_encode_the_class(arch):
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
     assert metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy()) >= 0.95
 
 
 def test_attention_probe_with_text_queries_reads_the_class():
-    inputs = _class_inputs(encode=True, implicit=True)
+    inputs = class_inputs(encode=True, implicit=True)
     result = fit(inputs, _spec("attentive"), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
     assert metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy()) >= 0.95
 
 
 @pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_box_probe_reads_features_that_encode_the_box(arch):
-    inputs = _box_inputs()
+    inputs = box_inputs()
     result = fit(inputs, _spec(arch, epochs=80, patience=15), seed=0, headline="acc_iou50",
                  accelerator=Accelerator(cpu=True))
     test = inputs.splits["test"]
@@ -100,7 +40,7 @@ def test_box_probe_reads_features_that_encode_the_box(arch):
 
 @pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_probe_on_shuffled_labels_stays_at_chance(arch):
-    inputs = _class_inputs(encode=False)
+    inputs = class_inputs(encode=False)
     result = fit(inputs, _spec(arch), seed=0, headline="accuracy", accelerator=Accelerator(cpu=True))
     acc = metrics.accuracy(result.test_pred, inputs.splits["test"].target.numpy())
     noise = 3 * np.sqrt(0.25 * 0.75 / N["test"])
@@ -108,14 +48,14 @@ def test_probe_on_shuffled_labels_stays_at_chance(arch):
 
 
 def test_same_seed_gives_identical_predictions():
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     a = fit(inputs, _spec("mlp", epochs=3), seed=5, headline="accuracy", accelerator=Accelerator(cpu=True))
     b = fit(inputs, _spec("mlp", epochs=3), seed=5, headline="accuracy", accelerator=Accelerator(cpu=True))
     assert np.array_equal(a.test_pred, b.test_pred) and a.history == b.history
 
 
 def test_early_stopping_keeps_the_best_validation_epoch():
-    inputs = _class_inputs(encode=False)
+    inputs = class_inputs(encode=False)
     result = fit(inputs, _spec("mlp", epochs=30, patience=2), seed=0, headline="accuracy",
                  accelerator=Accelerator(cpu=True))
     assert result.epochs_run < 30
@@ -124,7 +64,7 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 
 
 def test_lr_follows_linear_warmup_then_cosine_per_step():
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     seen = []
     spec = _spec("attentive", epochs=4, patience=10, warmup=0.25, lr=[2e-3])
     fit(inputs, spec, 0, "accuracy", Accelerator(cpu=True), on_step=lambda lrs: seen.append(lrs))
@@ -141,7 +81,7 @@ def test_the_grid_point_is_the_one_given_and_selection_reads_validation_only():
     from spatialbench.probing.conditions import select
     from spatialbench.probing.fit import FitResult
 
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     result = fit(inputs, _spec("linear", epochs=2), 0, "accuracy", Accelerator(cpu=True), lr=7e-4)
     assert result.lr == 7e-4 and np.isfinite(result.val_loss)
 

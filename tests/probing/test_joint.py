@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 from spatialbench.adapters.blip2 import Blip2Adapter
 from spatialbench.probing.fit import fit
 from spatialbench.results import RunResult, read_results
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 from tests.helpers import write_small_tasks

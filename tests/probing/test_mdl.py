@@ -8,13 +8,13 @@ from accelerate import Accelerator
 from spatialbench.probing.mdl import online_code
 from spatialbench.specs import ProbeSpec
 from spatialbench.stats import codelength
-from tests.probing.test_fit import _box_inputs, _class_inputs
+from tests.helpers.probe_inputs import box_inputs, class_inputs
 
 SPEC = ProbeSpec(architecture="linear", lr=0.01, epochs=15, patience=4)
 
 
 def test_online_code_compresses_labels_the_features_encode():
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     r = online_code(inputs, SPEC, "accuracy", 0, Accelerator(cpu=True))
     n = len(inputs.splits["train"])
     assert r.uniform_bits == pytest.approx(n * math.log2(4))
@@ -22,14 +22,14 @@ def test_online_code_compresses_labels_the_features_encode():
 
 
 def test_online_code_of_shuffled_labels_costs_about_the_uniform_code():
-    inputs = _class_inputs(encode=False)
+    inputs = class_inputs(encode=False)
     r = online_code(inputs, SPEC, "accuracy", 0, Accelerator(cpu=True))
     assert 0.8 < r.compression < 1.1  # nothing to learn: no better than uniform, a little worse from overfitting
 
 
 def test_online_code_sums_the_block_bits(monkeypatch):
     """The codelength is the first block's uniform bits plus each later block's cross-entropy in bits."""
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     seen = []
     from spatialbench.probing import mdl
 
@@ -50,4 +50,4 @@ def test_online_code_sums_the_block_bits(monkeypatch):
 
 def test_box_tasks_have_no_online_code():
     with pytest.raises(ValueError, match="class targets"):
-        online_code(_box_inputs(), SPEC, "acc_iou50", 0, Accelerator(cpu=True))
+        online_code(box_inputs(), SPEC, "acc_iou50", 0, Accelerator(cpu=True))

@@ -7,13 +7,13 @@ from accelerate import Accelerator
 
 from spatialbench.probing import conditions
 from spatialbench.probing.fit import fit
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import ProbeSpec, RunConfig
-from tests.probing.test_fit import _class_inputs
+from tests.helpers.probe_inputs import class_inputs
 
 
 def test_a_nan_loss_stops_the_fit_with_a_clear_error():
-    inputs = _class_inputs(encode=True)
+    inputs = class_inputs(encode=True)
     features = inputs.features.rows.clone()
     features[inputs.splits["train"].image[:5]] = float("nan")
     inputs = inputs.with_features(features)

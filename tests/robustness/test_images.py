@@ -19,7 +19,7 @@ from spatialbench.data import coco
 from spatialbench.data.images import MAX_PIXELS, FileImages, open_rgb
 from spatialbench.errors import SpatialbenchError
 from spatialbench.results import read_results
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 

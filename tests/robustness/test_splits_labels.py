@@ -15,7 +15,7 @@ from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import TaskRegistry
 from spatialbench.specs import TaskSpec
 from tests.helpers import DATA
-from tests.robustness.test_annotations import coco_root
+from tests.helpers.coco import coco_root
 
 VSR_FILES = {"train": "train", "validation": "dev", "test": "test"}
 

@@ -22,7 +22,7 @@ from spatialbench.probing.fit import fit
 from spatialbench.probing.inputs import build_inputs
 from spatialbench.probing.oracle import oracle_features, vocabulary
 from spatialbench.probing.visual import standardised as standardise
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 GRID = 8  # the testbed's and blip2-tiny's patch grid (64 px, patch 8)

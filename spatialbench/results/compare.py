@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from .atomic import atomic_write
-from .errors import SpatialbenchError
-from .results import RunResult, TaskResult, read_results
-from .specs import Strict
-from .stats import paired
+from ..atomic import atomic_write
+from ..errors import SpatialbenchError
+from .schema import RunResult, TaskResult, read_results
+from ..specs import Strict
+from ..stats import paired
 
 SCHEMA_VERSION = 1
 

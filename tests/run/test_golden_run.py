@@ -14,10 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 # What legitimately differs between two runs of the same code and data: wall time and provenance.
 VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "git_hash_source", "device",
             "checkpoint", "tool_version"}

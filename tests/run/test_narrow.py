@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from spatialbench.cli import app
 from spatialbench.registry import ModelRegistry, TaskRegistry
-from spatialbench.report import Reporter
+from spatialbench.run.report import Reporter
 from spatialbench.results import read_results
 
-from .test_compare import FIXTURE, _run_dir
+from tests.helpers.runs import FIXTURE, run_dir
 
 cli = CliRunner()
 WIDTHS = [80, 120]
@@ -44,8 +44,8 @@ def test_ls_shows_every_name_and_checkpoint_whole(width):
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_compare_prints_every_number_whole(width, tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 40)
-    b = _run_dir(tmp_path, "b", [0.0] * 40)
+    a = run_dir(tmp_path, "a", [1.0] * 40)
+    b = run_dir(tmp_path, "b", [0.0] * 40)
     out = _invoke(width, "compare", str(a), str(b), "--condition", "frozen")
     assert re.search(r"1\.000\s+0\.000\s+\+1\.000\s+\[\+1\.000,\+1\.000\]", out)
 

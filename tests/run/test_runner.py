@@ -5,7 +5,7 @@ from pathlib import Path
 
 from spatialbench.registry import TaskRegistry
 from spatialbench.results import RunResult, read_results
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters.base import DTYPES
-from .adapters.families import get_family
-from .adapters.layers import reads_image_only
-from .data.examples import TaskData
-from .data.sources import DataContext, load_task_data
-from .errors import SpatialbenchError
-from .features.shards import ENTRY_ROOM
-from .features.store import MAX_PENDING, SHARD_BYTES, SHARD_ROWS
-from .probing import conditions
-from .specs import ModelCard, RunConfig, TaskSpec
+from ..adapters.base import DTYPES
+from ..adapters.families import get_family
+from ..adapters.layers import reads_image_only
+from ..data.examples import TaskData
+from ..data.sources import DataContext, load_task_data
+from ..errors import SpatialbenchError
+from ..features.shards import ENTRY_ROOM
+from ..features.store import MAX_PENDING, SHARD_BYTES, SHARD_ROWS
+from ..probing import conditions
+from ..specs import ModelCard, RunConfig, TaskSpec
 
 QUERY_TOKENS = 32  # an implicit query's padded token count
 

@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent('''
     import json, resource, sys
     import torch
     from spatialbench.adapters.families import ADDED
-    from spatialbench.runner import Runner
+    from spatialbench.run.runner import Runner
     from spatialbench.specs import RunConfig
-    from tests.test_features import CountingAdapter
+    from tests.helpers.counting import CountingAdapter
 
     Q, D = 64, 2048  # 512 KB a row in fp32
 
@@ -73,7 +73,7 @@ def test_a_task_whose_features_exceed_the_memory_cap_finishes(tmp_path, small_ta
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(card), str(tasks), str(tmp_path / "cache"),
                            str(tmp_path / "out"), str(CAP_MB)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1", "HF_HUB_OFFLINE": "1",
-                               "PYTHONPATH": str(Path(__file__).parents[1])})
+                               "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["status"] == "ok", done.stderr[-4000:]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import SpatialbenchError
-from .results import RunResult, TaskResult, read_results
-from .specs import layer_order
+from ..errors import SpatialbenchError
+from .schema import RunResult, TaskResult, read_results
+from ..specs import layer_order
 
 # Fields whose difference makes two runs' numbers incomparable.
 SAME = ("checkpoint", "point", "geometry", "seeds", "limit", "mixed_precision", "data_seed")

@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from . import __version__
-from .errors import SpatialbenchError, from_validation_error
-from .atomic import atomic_write
-from .specs import ModelCard, ProbeSpec, Strict
+from .. import __version__
+from ..errors import SpatialbenchError, from_validation_error
+from ..atomic import atomic_write
+from ..specs import ModelCard, ProbeSpec, Strict
 
 # 2 added conditions (regimes, baselines, control, MDL) and comparisons; 3 the oracle, recovered, probe_parameters
 # and task notes; 4 the validation-selected lr grid, joint_random, the comparisons' p_holm, the joint regime's
@@ -209,7 +209,7 @@ def git_hash(root: Path | None = None) -> str | None:
 
 def provenance(root: Path | None = None) -> tuple[str | None, str]:
     """(commit, where it came from: "checkout", "build", or why it is unknown)."""
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]  # the checkout holding spatialbench/
     if (root / ".git").exists():
         try:
             head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -223,7 +223,7 @@ def provenance(root: Path | None = None) -> tuple[str | None, str]:
             return None, "unknown: a checkout, but git gave no commit"
         dirty = changed.returncode == 0 and changed.stdout.strip()
         return (commit + "-dirty" if dirty else commit), "checkout"
-    baked = Path(__file__).resolve().parent / BUILD_INFO
+    baked = Path(__file__).resolve().parents[1] / BUILD_INFO  # spatialbench/_build_info.json
     if baked.is_file():
         info = json.loads(baked.read_text())
         return (info["commit"], "build") if info.get("commit") else (None, f"unknown: {info.get('why')}")

@@ -30,7 +30,7 @@ def test_a_build_without_git_says_why_its_commit_is_unknown(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("hatch_build", Path(__file__).resolve().parents[1] / "hatch_build.py")
+    spec = importlib.util.spec_from_file_location("hatch_build", Path(__file__).resolve().parents[2] / "hatch_build.py")
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     info = hook.source_commit(str(tmp_path))  # an unpacked sdist: no .git

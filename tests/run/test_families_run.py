@@ -3,7 +3,7 @@
 import pytest
 
 from spatialbench.registry import TaskRegistry
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 TINY_CARDS = ["blip2-tiny", "instructblip-tiny", "idefics-tiny", "idefics2-tiny", "kosmos2-tiny", "llava-tiny",

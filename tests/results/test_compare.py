@@ -1,7 +1,6 @@
 """Model vs model: `spatialbench compare` pairs two runs' per-item scores and bootstraps over images."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,36 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from spatialbench.cli import app
-from spatialbench.compare import ModelComparison, compare
+from spatialbench.results.compare import ModelComparison, compare
 from spatialbench.errors import SpatialbenchError
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
-
-FIXTURE = Path(__file__).parent / "leaderboard" / "fixtures" / "blip2-tiny.json"
-
-
-def _samples(directory: Path, scores: list[float], images: int, condition="frozen", with_scores=True):
-    """samples_tiny_relation.jsonl with one score per item, items spread evenly over `images` images."""
-    lines = []
-    for i, s in enumerate(scores):
-        line = {"uid": f"u{i}", "image_id": f"img{i % images}", "accuracy": {"0": s, "1": s}}
-        if with_scores:
-            line["scores"] = {condition: s, "joint": 1.0 - s}
-        lines.append(json.dumps(line))
-    (directory / "samples_tiny_relation.jsonl").write_text("\n".join(lines) + "\n")
-
-
-def _run_dir(root: Path, name: str, scores, images=10, **kw) -> Path:
-    d = root / name
-    d.mkdir()
-    shutil.copy(FIXTURE, d / "results.json")
-    _samples(d, scores, images, **kw)
-    return d / "results.json"
-
+from tests.helpers.runs import run_dir, samples
 
 def test_known_answer_a_beats_b_on_every_item(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 40)
-    b = _run_dir(tmp_path, "b", [1.0] * 20 + [0.0] * 20)
+    a = run_dir(tmp_path, "a", [1.0] * 40)
+    b = run_dir(tmp_path, "b", [1.0] * 20 + [0.0] * 20)
     result = compare(a, b)
     t = result.tasks["tiny_relation"]
     assert (t.a, t.b, t.diff) == (1.0, 0.5, 0.5)
@@ -51,21 +29,21 @@ def test_known_answer_a_beats_b_on_every_item(tmp_path):
 
 def test_the_same_run_against_itself_differs_by_nothing(tmp_path):
     rng = np.random.default_rng(0)
-    a = _run_dir(tmp_path, "a", list(rng.integers(0, 2, 60).astype(float)))
+    a = run_dir(tmp_path, "a", list(rng.integers(0, 2, 60).astype(float)))
     t = compare(a, a).tasks["tiny_relation"]
     assert t.diff == 0.0 and t.ci95 == (0.0, 0.0) and t.p_value == 1.0
 
 
 def test_the_condition_picks_which_scores_are_paired(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 30)
-    b = _run_dir(tmp_path, "b", [0.0] * 30)
+    a = run_dir(tmp_path, "a", [1.0] * 30)
+    b = run_dir(tmp_path, "b", [0.0] * 30)
     assert compare(a, b, "frozen").tasks["tiny_relation"].diff == 1.0
     assert compare(a, b, "joint").tasks["tiny_relation"].diff == -1.0  # the samples' joint score is 1 - frozen's
 
 
 def test_older_samples_files_compare_their_first_regime_only(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 30, with_scores=False)
-    b = _run_dir(tmp_path, "b", [0.5] * 30, with_scores=False)
+    a = run_dir(tmp_path, "a", [1.0] * 30, with_scores=False)
+    b = run_dir(tmp_path, "b", [0.5] * 30, with_scores=False)
     assert compare(a, b, "frozen").tasks["tiny_relation"].diff == 0.5
     with pytest.raises(SpatialbenchError, match="predates per-condition scores") as e:
         compare(a, b, "joint")
@@ -73,14 +51,14 @@ def test_older_samples_files_compare_their_first_regime_only(tmp_path):
 
 
 def test_other_test_items_are_skipped_with_the_reason(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 30)
-    b = _run_dir(tmp_path, "b", [1.0] * 30)
+    a = run_dir(tmp_path, "a", [1.0] * 30)
+    b = run_dir(tmp_path, "b", [1.0] * 30)
     data = json.loads(b.read_text())
     data["tasks"]["tiny_relation"]["version"] = 2
     b.write_text(json.dumps(data))
     result = compare(a, b)
     assert result.tasks == {} and "task version 1 in A, 2 in B" in result.skipped["tiny_relation"]
-    _samples(b.parent, [1.0] * 29, 10)  # one item fewer
+    samples(b.parent, [1.0] * 29, 10)  # one item fewer
     data["tasks"]["tiny_relation"]["version"] = 1
     b.write_text(json.dumps(data))
     assert "1 not in both" in compare(a, b).skipped["tiny_relation"]
@@ -88,7 +66,7 @@ def test_other_test_items_are_skipped_with_the_reason(tmp_path):
 
 
 def test_a_broken_samples_line_names_the_file_and_line(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 5)
+    a = run_dir(tmp_path, "a", [1.0] * 5)
     path = a.parent / "samples_tiny_relation.jsonl"
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(SpatialbenchError, match="line 6") as e:
@@ -125,7 +103,7 @@ def test_two_real_runs_compare_from_the_command_line(small_tasks, tmp_path):
 
 
 def test_nothing_comparable_exits_1(tmp_path):
-    a = _run_dir(tmp_path, "a", [1.0] * 5)
+    a = run_dir(tmp_path, "a", [1.0] * 5)
     got = CliRunner().invoke(app, ["compare", str(a), str(a), "--condition", "random_resampler"])
     assert got.exit_code == 1 and "no task could be compared" in got.output
     assert "skipped tiny_relation: A has no 'random_resampler'" in got.output

@@ -3,7 +3,7 @@
 import pytest
 from rich.console import Console
 
-from spatialbench.report import Reporter, p_text, p_value
+from spatialbench.run.report import Reporter, p_text, p_value
 from spatialbench.results import read_results
 from tests.leaderboard.helpers import FIXTURES
 

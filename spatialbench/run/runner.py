@@ -7,56 +7,31 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from rich.console import Console
 
-from . import __version__, merge
-from .adapters.base import Adapter, check_declared
-from .adapters.families import get_family
-from .adapters.loading import WEIGHTS, default_cache_dir, weights_kind
-from .data.examples import TaskData
-from .data.sources import DataContext, load_task_data
-from .errors import SpatialbenchError
-from .features import FeatureStore, Request, default_workers, digest
+from .. import __version__
+from ..adapters.base import Adapter, check_declared
+from ..adapters.families import get_family
+from ..adapters.loading import WEIGHTS, default_cache_dir, weights_kind
+from ..data.examples import TaskData
+from ..data.sources import DataContext, load_task_data
+from ..errors import SpatialbenchError
+from ..features import FeatureStore, Request, default_workers, digest
+from ..probing import conditions, scoring
+from ..probing.cells import CellStore
+from ..probing.inputs import build_inputs, feature_requests
+from ..probing.joint import ResamplerSnapshot
+from ..probing.task import TaskProbing
+from ..probing.visual import Visual
+from ..registry import TaskRegistry, resolve_card
+from ..results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, merge, provenance
+from ..specs import RunConfig, TaskSpec, with_data_seed
+from ..stats.bootstrap import holm
+from .devices import resolve_device, resolve_precision
 from .plan import estimate
-from .probing import conditions, scoring
-from .probing.cells import CellStore
-from .probing.inputs import build_inputs, feature_requests
-from .probing.joint import ResamplerSnapshot
-from .probing.task import TaskProbing
-from .probing.visual import Visual
-from .registry import ModelRegistry, TaskRegistry, load_spec
 from .report import Reporter
-from .results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, provenance
-from .stats.bootstrap import holm
-from .specs import ModelCard, RunConfig, TaskSpec, with_data_seed
-
-
-def resolve_card(model: str) -> ModelCard:
-    """A model card by name, or a path to a card's YAML file."""
-    path = Path(model)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return load_spec(path, ModelCard)
-    return ModelRegistry().get(model)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpatialbenchError("--device cuda was asked for but torch sees no CUDA device",
-                                field="--device", fix="use --device cpu, or install a CUDA build of torch")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 autocast on a GPU that has it (the field's default for fine-tuning), none on CPU."""
-    if precision != "auto":
-        return precision
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
 
 
 def data_seed_note(task: TaskSpec, seed: int | None) -> list[str]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from spatialbench.results import read_results
-from spatialbench.runner import Runner
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 from tests.helpers.paused_run import PAUSED
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
-PAUSED_RUN = Path(__file__).parent / "helpers" / "paused_run.py"
+PAUSED_RUN = Path(__file__).parents[1] / "helpers" / "paused_run.py"
 VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "device"}
 
 
