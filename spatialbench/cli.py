@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich import box
@@ -14,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import SpatialbenchError, ValidationErrors
-from .specs import BASELINES, ModelCard, RunConfig, TaskSpec, unpinned
+from .errors import SpatialbenchError
+from .specs import BASELINES, RunConfig
 
 # rich_markup_mode=None: click's plain help, whose descriptions take the terminal's whole width at 80 columns
 # (rich's option panels leave them a narrow column there).
@@ -68,54 +69,81 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
-@app.command()
-def run(
-    model: Annotated[str, typer.Option("--model", "-m", help="model card name (see `ls models`) or a card's YAML path")],
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="all, a group, or task names, comma-separated")] = "all",
-    seeds: Annotated[int, typer.Option(help="probe seeds per task", min=1)] = 3,
-    limit: Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)] = None,
-    output: Annotated[Path, typer.Option(help="results go to OUTPUT/<model>/results.json")] = Path("results"),
-    batch_size: Annotated[int, typer.Option(help="images per extraction batch", min=1)] = 32,
-    workers: Annotated[Optional[int], typer.Option(
-        help="processes decoding images during extraction; 0: none [default: one per core, at most 8]", min=0)] = None,
-    device: Annotated[Device, typer.Option(help="where the model and probes run")] = Device.auto,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")] = None,
-    include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
-    mixed_precision: Annotated[Precision, typer.Option(
+# Every option of `run`, declared once: `plan` takes the same ones, so any run's command line can be planned.
+RUN_OPTIONS: dict[str, tuple[object, object]] = {  # name -> (annotation, default; empty: required)
+    "model": (Annotated[str, typer.Option("--model", "-m", help="model card name (see `ls models`) or a card's YAML "
+                                          "path")], inspect.Parameter.empty),
+    "tasks": (Annotated[str, typer.Option("--tasks", "-t", help="all, a group, or task names, comma-separated")],
+              "all"),
+    "seeds": (Annotated[int, typer.Option(help="probe seeds per task", min=1)], 3),
+    "limit": (Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)], None),
+    "output": (Annotated[Path, typer.Option(help="results go to OUTPUT/<model>/results.json")], Path("results")),
+    "batch_size": (Annotated[int, typer.Option(help="images per extraction batch", min=1)], 32),
+    "workers": (Annotated[Optional[int], typer.Option(
+        help="processes decoding images during extraction; 0: none [default: one per core, at most 8]", min=0)], None),
+    "device": (Annotated[Device, typer.Option(help="where the model and probes run")], Device.auto),
+    "cache_dir": (Annotated[Optional[Path], typer.Option(
+        help="feature cache [default: $SPATIALBENCH_CACHE or ~/.cache/spatialbench]")], None),
+    "include_path": (Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")], None),
+    "mixed_precision": (Annotated[Precision, typer.Option(
         help="training precision of the probe and, in the joint regime, the resampler (accelerate); auto: bf16 "
-             "autocast on a GPU that supports it, none on CPU")] = Precision.auto,
-    point: Annotated[Optional[Point], typer.Option(
-        help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(
-        help="allow a generic card with trust_remote_code to run the checkpoint's own Python code")] = False,
-    data_dir: Annotated[Optional[Path], typer.Option(
-        help="annotations root, {data_dir} in task YAMLs [default: $SPATIALBENCH_DATA]")] = None,
-    coco_root: Annotated[Optional[Path], typer.Option(
-        help="COCO images root (train2014/, train2017/, val2017/), {coco_root} in task YAMLs [default: $COCO_ROOT]")] = None,
-    regime: Annotated[Regime, typer.Option(
-        help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")] = Regime.frozen,
-    baselines: Annotated[str, typer.Option(
-        help=f"comma-separated: {', '.join(BASELINES)}; 'all' or 'none' (joint_random runs with the joint regime)"
-    )] = "all",
-    control: Annotated[bool, typer.Option(
-        help="control tasks and selectivity for the explicit probes (see docs/methodology.md)")] = True,
-    resampler_lr: Annotated[Optional[list[float]], typer.Option(
+             "autocast on a GPU that supports it, none on CPU")], Precision.auto),
+    "point": (Annotated[Optional[Point], typer.Option(
+        help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")], None),
+    "trust_remote_code": (Annotated[bool, typer.Option(
+        help="allow a generic card with trust_remote_code to run the checkpoint's own Python code")], False),
+    "data_dir": (Annotated[Optional[Path], typer.Option(
+        help="annotations root, {data_dir} in task YAMLs [default: $SPATIALBENCH_DATA]")], None),
+    "coco_root": (Annotated[Optional[Path], typer.Option(
+        help="COCO images root (train2014/, train2017/, val2017/), {coco_root} in task YAMLs [default: $COCO_ROOT]")],
+        None),
+    "regime": (Annotated[Regime, typer.Option(
+        help="frozen: only the probe learns; joint: the resampler learns with it; both: side by side")], Regime.frozen),
+    "baselines": (Annotated[str, typer.Option(
+        help=f"comma-separated: {', '.join(BASELINES)}; 'all' or 'none' (joint_random runs with the joint regime)")],
+        "all"),
+    "control": (Annotated[bool, typer.Option(
+        help="control tasks and selectivity for the explicit probes (see docs/methodology.md)")], True),
+    "resampler_lr": (Annotated[Optional[list[float]], typer.Option(
         help="joint regime: the resampler's learning rate; repeat for a grid selected on validation "
-             "[default: the card's resampler_lr]", min=0)] = None,
-    resampler_mode: Annotated[Optional[ResamplerMode], typer.Option(
+             "[default: the card's resampler_lr]", min=0)], None),
+    "resampler_mode": (Annotated[Optional[ResamplerMode], typer.Option(
         help="joint regime: train keeps the resampler's dropout on, as fine-tuning does; eval turns it off "
-             "[default: the card's resampler_mode]")] = None,
-    data_seed: Annotated[Optional[int], typer.Option(
-        help="synthetic tasks: draw the scenes with this seed, not the task's (a confirmation run)")] = None,
-    mdl: Annotated[bool, typer.Option(
-        help="MDL probing: online codelength and compression per classification task and regime")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(
-        help="joint regime: recompute the resampler's activations in backward (less memory, slower)")] = False,
-    layers: Annotated[Optional[str], typer.Option(
+             "[default: the card's resampler_mode]")], None),
+    "data_seed": (Annotated[Optional[int], typer.Option(
+        help="synthetic tasks: draw the scenes with this seed, not the task's (a confirmation run)")], None),
+    "mdl": (Annotated[bool, typer.Option(
+        help="MDL probing: online codelength and compression per classification task and regime")], False),
+    "gradient_checkpointing": (Annotated[bool, typer.Option(
+        help="joint regime: recompute the resampler's activations in backward (less memory, slower)")], False),
+    "layers": (Annotated[Optional[str], typer.Option(
         help="layer-wise probing: 'all' the adapter's layers (`check-adapter` lists them) or some, e.g. "
-             "resampler.1,vision.2 (a bare n is resampler.n); one forward per image gives them all")] = None,
-) -> None:
-    """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
+             "resampler.1,vision.2 (a bare n is resampler.n); one forward per image gives them all")], None),
+}
+
+
+def run_options(command: Callable) -> Callable:
+    """Give `command(**options, ...)` every option of RUN_OPTIONS, before its own keyword parameters."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+              for name, (annotation, default) in RUN_OPTIONS.items()]
+    command.__signature__ = inspect.Signature(shared + own)
+    return command
+
+
+def run_config(options: dict) -> RunConfig:
+    """The run's one config from its flags (RUN_OPTIONS), recording the command line as typed."""
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
+    values.update(tasks=[values["tasks"]], include_paths=values.pop("include_path") or [],
+                  baselines=_baselines(values["baselines"]), resampler_lr=values["resampler_lr"] or None,
+                  command=shlex.join(["spatialbench", *sys.argv[1:]]))
+    return RunConfig(**values)
+
+
+def execute(config: RunConfig) -> None:
+    """Run `config`, print its summary, and exit as the README says: 1 when a task failed, 130 on Ctrl-C."""
     from .run.report import Reporter, log_progress, quiet_libraries
     from .run.runner import Runner
 
@@ -123,15 +151,6 @@ def run(
     log_progress(err)
     runner = None
     try:
-        config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, output=output, batch_size=batch_size,
-                           workers=workers, device=device.value, cache_dir=cache_dir, include_paths=include_path or [],
-                           mixed_precision=mixed_precision.value, point=point.value if point else None,
-                           trust_remote_code=trust_remote_code, data_dir=data_dir, coco_root=coco_root,
-                           regime=regime.value, baselines=_baselines(baselines), control=control,
-                           resampler_lr=resampler_lr or None, mdl=mdl, data_seed=data_seed,
-                           resampler_mode=resampler_mode.value if resampler_mode else None,
-                           gradient_checkpointing=gradient_checkpointing, layers=layers,
-                           command=shlex.join(["spatialbench", *sys.argv[1:]]))
         reporter = Reporter(err)
         runner = Runner(config, reporter)
         result = runner.run()
@@ -157,57 +176,37 @@ def run(
 
 
 @app.command()
-def plan(
-    model: Annotated[str, typer.Option("--model", "-m", help="model card name (see `ls models`) or a card's YAML path")],
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="all, a group, or task names, comma-separated")] = "all",
-    seeds: Annotated[int, typer.Option(help="probe seeds per task", min=1)] = 3,
-    limit: Annotated[Optional[int], typer.Option(help="TESTING ONLY: cap examples per split", min=1)] = None,
-    batch_size: Annotated[int, typer.Option(help="images per extraction batch", min=1)] = 32,
-    include_path: Annotated[Optional[list[Path]], typer.Option(help="extra task YAML directories or files")] = None,
-    point: Annotated[Optional[Point], typer.Option(help="override the card's extraction point")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="annotations root [default: $SPATIALBENCH_DATA]")] = None,
-    coco_root: Annotated[Optional[Path], typer.Option(help="COCO images root [default: $COCO_ROOT]")] = None,
-    regime: Annotated[Regime, typer.Option(help="frozen, joint or both")] = Regime.frozen,
-    baselines: Annotated[str, typer.Option(help=f"comma-separated: {', '.join(BASELINES)}; 'all' or 'none'")] = "all",
-    control: Annotated[bool, typer.Option(help="control tasks for the explicit probes")] = True,
-    resampler_lr: Annotated[Optional[list[float]], typer.Option(help="joint regime: the resampler's lr grid", min=0)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
-) -> None:
+@run_options
+def run(**options) -> None:
+    """Extract visual prompts once, train and score probes per task and seed, write a results JSON."""
+    try:
+        config = run_config(options)
+    except SpatialbenchError as e:
+        _fail(e)
+    execute(config)
+
+
+@app.command()
+@run_options
+def plan(as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False, **options) -> None:
     """What `run` with these options would cost, per task and in total (images, prompts, cache bytes, probe
     fits, peak RAM), from the card and the annotations alone: nothing is downloaded, extracted or trained."""
     import json
 
-    from .registry import TaskRegistry, resolve_card
-    from .run.plan import estimate, table
+    from .registry import resolve_card
+    from .run.plan import estimate, run_tasks, table
     from .run.report import quiet_libraries
 
     quiet_libraries()
     try:
-        config = RunConfig(model=model, tasks=[tasks], seeds=seeds, limit=limit, batch_size=batch_size,
-                           include_paths=include_path or [], point=point.value if point else None, data_dir=data_dir,
-                           coco_root=coco_root, regime=regime.value, baselines=_baselines(baselines), control=control,
-                           resampler_lr=resampler_lr or None)
-        result = estimate(config, TaskRegistry(config.include_paths).resolve(config.tasks), resolve_card(model))
+        config = run_config(options)
+        result = estimate(config, run_tasks(config)[0], resolve_card(config.model))
     except SpatialbenchError as e:
         _fail(e)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(table(result))
-
-
-DEMO_TASKS = "demo_region_grid,demo_relation"  # small copies of the two explicit tasks with the clearest floor
-DEMO_TASK_DIR = Path(__file__).parent / "demo_tasks"  # not among the built-in tasks: `--tasks all` never runs them
-DEMO_READING = (
-    "How to read it: blind is what the question alone gives and oracle a prompt holding every object's box; "
-    "vision_patches probes the vision encoder before the Q-Former, frozen the pretrained Q-Former's prompt, joint "
-    "that Q-Former trained with the probe, joint_random the same architecture trained from a random start. "
-    "blip2-pretrained was pretrained to name the objects, never to say where: frozen near blind while "
-    "vision_patches is far above means its prompt dropped where things are; joint above frozen would mean the "
-    "resampler can keep it once trained for it, and joint against joint_random how much the pretrained start "
-    "helps. "
-    "The object-aware variant: spatialbench run --model blip2-pretrained-spatial --tasks demo --include-path {tasks}"
-)
 
 
 @app.command()
@@ -217,12 +216,10 @@ def demo(
 ) -> None:
     """The embedded testbed: a small BLIP-2 pretrained here (once, about 4 minutes) on small copies of the grid and
     relation tasks, frozen and joint, between the blind floor and the oracle ceiling. Offline, CPU, minutes."""
-    run(model="blip2-pretrained", tasks=DEMO_TASKS, seeds=seeds, limit=None, output=output, batch_size=64,
-        workers=None, device=Device.auto, cache_dir=None, include_path=[DEMO_TASK_DIR], mixed_precision=Precision.auto, point=None,
-        trust_remote_code=False, data_dir=None, coco_root=None, regime=Regime.both,
-        baselines="blind,oracle,vision_patches,joint_random", control=False, resampler_lr=None, resampler_mode=None,
-        data_seed=None, mdl=False, gradient_checkpointing=False)
-    err.print(DEMO_READING.format(tasks=DEMO_TASK_DIR), highlight=False)
+    from .run import demo as shipped
+
+    execute(shipped.demo_config(output, seeds, shlex.join(["spatialbench", *sys.argv[1:]])))
+    err.print(shipped.DEMO_READING.format(tasks=shipped.DEMO_TASK_DIR), highlight=False)
 
 
 @app.command()
@@ -378,52 +375,18 @@ def validate(
                                                           "[default: all built-in]")] = None,
 ) -> None:
     """Check task YAMLs and model cards; every problem is reported as file: field: what was wrong."""
-    from .adapters.families import check_card
-    from .registry import ModelRegistry, TaskRegistry, load_spec, yaml_files
-    from .yamlio import read_yaml
+    from .run.validate import validate as check
 
-    problems: list[SpatialbenchError] = []
-    cards: dict[Path, ModelCard] = {}  # checked once parsed: family, options, pinned revision
-    checked = 0
-    if not files:
-        for registry in (TaskRegistry, ModelRegistry):
-            try:
-                loaded = registry()
-                loaded.check()
-                checked += len(loaded.names())
-                if registry is ModelRegistry:
-                    cards.update({loaded.files[n]: loaded.get(n) for n in loaded.names()})
-            except ValidationErrors as e:
-                problems += e.errors
-    paths = [f for path in files or [] for f in (yaml_files([path]) if path.is_dir() else [path])]
-    for path in paths:
-        try:
-            kind = ModelCard if "family" in read_yaml(path) else TaskSpec
-            spec = load_spec(path, kind)
-            checked += 1
-            if kind is ModelCard:
-                cards[path] = spec
-        except ValidationErrors as e:
-            problems += e.errors
-        except SpatialbenchError as e:
-            problems.append(e)
-    for path, card in cards.items():  # what a run would refuse: an unknown family, options it does not take
-        try:
-            check_card(card, str(path))
-        except ValidationErrors as e:
-            problems += e.errors
-        except SpatialbenchError as e:
-            problems.append(e)
-    for problem in problems:
+    found = check(files or [])
+    for problem in found.problems:
         err.print(f"[red]✗[/red] {problem}", highlight=False)
-    if problems:
+    if found.problems:
         raise typer.Exit(1)
-    for path, card in cards.items():
-        if unpinned(card):
-            err.print(f"[yellow]![/yellow] {path}: revision: '{card.revision}' is a branch or tag of {card.checkpoint}: a "
-                      "result cannot be reproduced once the repo changes; fix: pin the commit `spatialbench download "
-                      f"{card.name} --dry-run` prints", highlight=False)
-    out.print(f"[green]✓[/green] {checked} file(s) valid")
+    for path, card in found.unpinned:
+        err.print(f"[yellow]![/yellow] {path}: revision: '{card.revision}' is a branch or tag of {card.checkpoint}: a "
+                  "result cannot be reproduced once the repo changes; fix: pin the commit `spatialbench download "
+                  f"{card.name} --dry-run` prints", highlight=False)
+    out.print(f"[green]✓[/green] {found.checked} file(s) valid")
 
 
 from .leaderboard.commands import app as leaderboard_app  # the sub-app only reads results files

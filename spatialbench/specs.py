@@ -228,6 +228,9 @@ class Declared(Strict):
         description="(tokens, width) of the tensor at each extraction point")
     extraction_parameters: int | None = Field(None, ge=0, description="parameters extraction loads (vision "
                                               "encoder, resampler, projection, token embeddings)")
+    layers: dict[str, tuple[int, int]] = Field(default_factory=dict, description="(tokens, width) of each layer the "
+                                               "adapter declares (`check-adapter` lists them), in forward order: "
+                                               "what `plan --layers` sizes")
 
 
 class ModelCard(Strict):

@@ -131,7 +131,7 @@ def test_installed_wheel_ships_tasks_and_cards(tmp_path):
 def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp_path, monkeypatch):
     import yaml
 
-    from spatialbench import cli as cli_module
+    from spatialbench.run import demo as shipped
     from spatialbench.testbed import pretraining as pt
     from spatialbench.testbed import build as testbed
 
@@ -141,12 +141,12 @@ def test_demo_pretrains_the_testbed_and_runs_both_regimes_and_every_baseline(tmp
     monkeypatch.setattr(testbed, "CAPTION_BUDGET", small)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    for path in cli_module.DEMO_TASK_DIR.glob("*.yaml"):  # the shipped demo tasks, shrunk to seconds
+    for path in shipped.DEMO_TASK_DIR.glob("*.yaml"):  # the shipped demo tasks, shrunk to seconds
         spec = yaml.safe_load(path.read_text())
         spec["dataset"]["sizes"] = {"train": 30, "validation": 12, "test": 12}
         spec["probe"]["epochs"] = 2
         (tasks / path.name).write_text(yaml.safe_dump(spec))
-    monkeypatch.setattr(cli_module, "DEMO_TASK_DIR", tasks)
+    monkeypatch.setattr(shipped, "DEMO_TASK_DIR", tasks)
     result = cli.invoke(app, ["demo", "--output", str(tmp_path / "out")], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "out" / "blip2-pretrained" / "results.json").read_text())

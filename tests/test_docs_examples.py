@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spatialbench.cli import DEMO_TASK_DIR, DEMO_TASKS, app
+from spatialbench.cli import app
+from spatialbench.run.demo import DEMO_TASK_DIR, DEMO_TASKS
 from spatialbench.run.plan import estimate
 from spatialbench.registry import TaskRegistry
 from spatialbench.registry import resolve_card

@@ -381,6 +381,12 @@ def check_declared(adapter: Adapter) -> None:
                 f"card '{adapter.card.name}' declares {list(shape)} at {point}; the checkpoint gives "
                 f"{list(adapter.shape_at(point))}", field=f"declares.shapes.{point}",
                 fix=f"set it to {list(adapter.shape_at(point))} in the card")
+    if declared is not None and declared.layers:
+        actual = {layer: list(adapter.shape_at(layer)) for layer in adapter.layers}
+        if {k: list(v) for k, v in declared.layers.items()} != actual or list(declared.layers) != list(actual):
+            raise SpatialbenchError(f"card '{adapter.card.name}' declares layers {dict(declared.layers)}; the "
+                                    f"checkpoint gives {actual}", field="declares.layers",
+                                    fix=f"set it to {actual} in the card")
 
 
 @contextmanager

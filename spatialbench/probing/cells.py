@@ -1,4 +1,5 @@
-"""Finished probe fits ("cells": one task, condition and seed) kept on disk beside the results.
+"""A task's probe fits ("cells": one condition, kind, seed and grid point), listed once for the run and for
+`spatialbench plan` alike (task_cells), and the finished ones kept on disk beside the results (CellStore).
 
 A rerun with the same --output skips every cell already there, so a run killed at any moment loses
 at most the fits in flight. Under `accelerate launch` each process fits its share of the cells and
@@ -11,12 +12,72 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write
+from ..specs import TaskSpec
 from .fit import FitResult
+
+TRAINS_RESAMPLER = ("joint", "joint_random")  # conditions whose resampler learns with the probe
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One point of the selection grid: the probe's lr and, when the resampler trains, the resampler's."""
+
+    lr: float
+    resampler_lr: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"lr {self.lr:g}" + (f" rlr {self.resampler_lr:g}" if self.resampler_lr is not None else "")
+
+
+def grid(condition: str, probe_lrs: list[float], resampler_lrs: list[float]) -> list[Choice]:
+    """The grid a condition is selected over: the probe's lrs, crossed with the resampler's where it trains."""
+    if condition not in TRAINS_RESAMPLER:
+        return [Choice(lr) for lr in probe_lrs]
+    return [Choice(lr, r) for lr in probe_lrs for r in resampler_lrs]
+
+
+@dataclass(frozen=True)
+class Cell:
+    condition: str
+    kind: str  # "fit", "control" or "mdl"
+    seed: int
+    choice: Choice
+
+    @property
+    def name(self) -> str:
+        kind = "" if self.kind == "fit" else f" {self.kind}"
+        return f"{self.condition}{kind} {self.choice.label}"
+
+
+def with_control(task: TaskSpec, control: bool) -> bool:
+    """Control tasks are for the explicit probes (an implicit query has no category to fix labels by)."""
+    return control and not task.implicit
+
+
+def with_mdl(task: TaskSpec, mdl: bool) -> bool:
+    """MDL's online code is for classification targets."""
+    return mdl and task.target != "box"
+
+
+def task_cells(task: TaskSpec, conditions: list[tuple[str, str]], seeds: list[int], resampler_lrs: list[float],
+               control: bool, mdl: bool) -> list[Cell]:
+    """Every fit a run makes of `task` under these (condition, role) pairs: each seed at each grid point; for
+    each regime, its control task's too, and one MDL code (its recipe is fixed: the first seed and grid point)."""
+    cells = []
+    for name, role in conditions:
+        points = grid(name, task.probe.lr, resampler_lrs)
+        cells += [Cell(name, "fit", s, g) for s in seeds for g in points]
+        if role == "regime":
+            cells += [Cell(name, "control", s, g) for s in seeds for g in points] if with_control(task, control) else []
+            cells += [Cell(name, "mdl", seeds[0], points[0])] if with_mdl(task, mdl) else []
+    return cells
 
 
 class CellStore:
@@ -78,3 +139,4 @@ class CellStore:
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(json.dumps({"key": key, "value": value})))
         atomic_write(self.path(task, name, 0), lambda p: p.write_bytes(buffer.getvalue()))
+        self.fitted += 1

@@ -21,6 +21,7 @@ from ..specs import RunConfig, TaskSpec
 from ..stats import control, metrics
 from ..stats.paired import paired_from_scores, recovered_from_scores
 from . import scoring
+from .cells import Choice
 from .fit import FitResult, ProbeInputs, fit
 from .heads import ProbeShape, check_budget, count_parameters
 from .inputs import probe_shape
@@ -31,18 +32,6 @@ from .visual import Constant, Visual, standardised
 # The contrasts each task reports, where the run has both sides: (a, b) tests a - b.
 COMPARISONS = (("joint", "frozen"), ("joint", "joint_random"), ("frozen", "blind"), ("vision_patches", "frozen"),
                ("oracle", "frozen"))
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One point of the selection grid: the probe's lr and, when the resampler trains, the resampler's."""
-
-    lr: float
-    resampler_lr: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"lr {self.lr:g}" + (f" rlr {self.resampler_lr:g}" if self.resampler_lr is not None else "")
 
 
 @dataclass
@@ -56,11 +45,6 @@ class Condition:
 
     def inputs_for(self, seed: int) -> ProbeInputs:
         return self.per_seed(seed) if self.per_seed else self.inputs
-
-    def grid(self, probe_lrs: list[float], resampler_lrs: list[float]) -> list[Choice]:
-        if self.encoder is None:
-            return [Choice(lr) for lr in probe_lrs]
-        return [Choice(lr, r) for lr in probe_lrs for r in resampler_lrs]
 
 
 @dataclass
@@ -160,17 +144,34 @@ def _layer(src: _Sources, layer: str) -> Condition:
     return Condition(layer, "layer", src.standardised(src.layers[layer]))
 
 
+def _frozen(src: _Sources) -> Condition:
+    """The pretrained resampler's prompt, fixed: only the probe learns."""
+    return Condition("frozen", "regime", src.inputs)
+
+
+REGIMES: dict[str, Callable[[_Sources], Condition]] = {"frozen": _frozen, "joint": _joint}
+
+
+def planned(config: RunConfig, objects_known: bool, layers: list[str] = ()) -> list[tuple[str, str]]:
+    """(name, role) of every condition a run of `config` fits on a task, in order; `objects_known`: the data
+    gives every object's box (the oracle); `layers`: the probed layers. The run builds these conditions
+    (plan below) and `spatialbench plan` counts their cells: both from this list."""
+    regimes = config.regimes
+    objects = {} if objects_known else None
+    return ([(r, "regime") for r in REGIMES if r in regimes]
+            + [(b, "baseline") for b in config.baselines if available(b, objects, regimes)]
+            + [(layer, "layer") for layer in layers])
+
+
 def plan(config: RunConfig, inputs: ProbeInputs, vision: Visual | None, adapter: Adapter,
          snapshot: ResamplerSnapshot | None, objects: dict | None = None,
          resampler_mode: str = "train", scratch: Path | None = None, layers: dict | None = None) -> list[Condition]:
     """The conditions this run asks for, over the task's feature rows (`vision`: their vision features;
     `layers`: each probed layer's rows)."""
-    regimes = config.regimes
     src = _Sources(inputs, vision, adapter, snapshot, objects, config, resampler_mode, scratch, layers)
-    out = [Condition("frozen", "regime", inputs)] if "frozen" in regimes else []
-    out += [_joint(src)] if "joint" in regimes else []
-    out += [BASELINES[name](src) for name in config.baselines if available(name, objects, regimes)]
-    return out + [_layer(src, layer) for layer in layers or {}]
+    build = {**REGIMES, **BASELINES}
+    return [_layer(src, name) if role == "layer" else build[name](src)
+            for name, role in planned(config, objects is not None, list(layers or {}))]
 
 
 def check_budgets(config: RunConfig, task: TaskSpec, data, adapter: Adapter) -> None:

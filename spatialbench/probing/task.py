@@ -9,51 +9,50 @@ already on disk with a matching key is never fitted again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+from accelerate import Accelerator
 
 from ..features import digest
 from ..results import Mdl
 from ..specs import TaskSpec
 from ..stats.codelength import default_blocks
 from . import conditions
-from .cells import CellStore
+from .cells import Cell, CellStore, Choice, grid, task_cells, with_control, with_mdl
+from .joint import ResamplerSnapshot
 from .fit import ProbeInputs
 from .mdl import online_code
 
 
-@dataclass(frozen=True)
-class Cell:
-    condition: conditions.Condition
-    kind: str  # "fit", "control" or "mdl"
-    seed: int
-    choice: conditions.Choice
+@dataclass
+class ProbingContext:
+    """What a task's probing takes from the run around it, and nothing else."""
 
-    @property
-    def name(self) -> str:
-        kind = "" if self.kind == "fit" else f" {self.kind}"
-        return f"{self.condition.name}{kind} {self.choice.label}"
+    cells: CellStore  # finished fits, on disk
+    accelerator: Accelerator  # the device, mixed precision and this process's share of the work
+    snapshot: ResamplerSnapshot | None  # restores the resampler after a fit that trained it
+    run_key: str  # the run's part of every cell key (checkpoint, limit, precision, resampler mode)
+    resampler_lr: list[float]  # the joint regime's resampler lr grid
+    control: bool  # control tasks for the explicit probes
+    mdl: bool  # an MDL code per regime for classification tasks
+    note: Callable[[str], None]  # a line for the person watching (a seed that diverged)
 
 
 class TaskProbing:
     """The cells of one task under one plan, their fitting, and their summary."""
 
     def __init__(self, task: TaskSpec, inputs: ProbeInputs, plan: list[conditions.Condition], seeds: list[int],
-                 run, run_key: str, data_fingerprint: str):
-        self.task, self.inputs, self.plan, self.seeds, self.run = task, inputs, plan, seeds, run
-        self.store: CellStore = run.cells
-        self.base_key = digest(run_key, task.model_dump_json(), data_fingerprint)
-        self.with_control = run.config.control and not task.implicit
-        self.with_mdl = run.config.mdl and not inputs.box
-        self.grids = {c.name: c.grid(task.probe.lr, run.resampler_lr) for c in plan}
-        self.cells = []
-        for cond in plan:
-            grid = self.grids[cond.name]
-            self.cells += [Cell(cond, "fit", s, g) for s in seeds for g in grid]
-            if cond.role == "regime":
-                self.cells += [Cell(cond, "control", s, g) for s in seeds for g in grid] if self.with_control else []
-                # MDL's online code is one fixed recipe over its blocks: the grid's first point.
-                self.cells += [Cell(cond, "mdl", seeds[0], grid[0])] if self.with_mdl else []
+                 context: ProbingContext, data_fingerprint: str):
+        self.task, self.inputs, self.plan, self.seeds, self.context = task, inputs, plan, seeds, context
+        self.store = context.cells
+        self.base_key = digest(context.run_key, task.model_dump_json(), data_fingerprint)
+        self.with_control = with_control(task, context.control)
+        self.with_mdl = with_mdl(task, context.mdl)
+        self.by_name = {c.name: c for c in plan}
+        self.grids = {c.name: grid(c.name, task.probe.lr, context.resampler_lr) for c in plan}
+        self.cells = task_cells(task, [(c.name, c.role) for c in plan], seeds, context.resampler_lr, context.control,
+                                context.mdl)
 
     def key(self, cell: Cell) -> str:
         return digest(self.base_key, cell.name, str(cell.seed))
@@ -71,12 +70,12 @@ class TaskProbing:
         return sum(self.task.probe.epochs * (blocks if c.kind == "mdl" else 1) for c in cells)
 
     def fit(self, cell: Cell, tick) -> None:
-        run, cond, key = self.run, cell.condition, self.key(cell)
+        ctx, cond, key = self.context, self.by_name[cell.condition], self.key(cell)
         on_epoch = lambda epoch, val: tick(cell.name, cell.seed, epoch, val)  # noqa: E731
         if cell.kind == "mdl":
-            restore = run.snapshot.restore if cond.encoder is not None else None
+            restore = ctx.snapshot.restore if cond.encoder is not None else None
             r = online_code(cond.inputs_for(cell.seed), self.task.probe, self.task.headline, cell.seed,
-                            run.accelerator, encoder=cond.encoder, encoder_lr=cell.choice.resampler_lr,
+                            ctx.accelerator, encoder=cond.encoder, encoder_lr=cell.choice.resampler_lr,
                             lr=cell.choice.lr, before_fit=restore, on_epoch=on_epoch)
             if restore:
                 restore()
@@ -85,10 +84,10 @@ class TaskProbing:
             return
         inputs = self._control_inputs(cond, cell.seed) if cell.kind == "control" else cond.inputs_for(cell.seed)
         try:
-            result = conditions.fit_one(cond, inputs, self.task, cell.seed, cell.choice, run.accelerator,
-                                        run.snapshot, on_epoch)
+            result = conditions.fit_one(cond, inputs, self.task, cell.seed, cell.choice, ctx.accelerator,
+                                        ctx.snapshot, on_epoch)
         except FloatingPointError as e:  # this seed diverged at this grid point; the others go on
-            run.reporter.info(f"[red]{self.task.name} {cell.name}: {e}[/red]")
+            ctx.note(f"[red]{self.task.name} {cell.name}: {e}[/red]")
             self.store.put_failed(self.task.name, cell.name, cell.seed, key, str(e))
             return
         self.store.put(self.task.name, cell.name, key, result)
@@ -96,8 +95,8 @@ class TaskProbing:
     def _control_inputs(self, cond: conditions.Condition, seed: int) -> ProbeInputs:
         return conditions.control_inputs(cond.inputs, self.inputs.shape.n_out, seed)
 
-    def _get(self, cond: conditions.Condition, kind: str, seed: int, choice: conditions.Choice):
-        cell = Cell(cond, kind, seed, choice)
+    def _get(self, cond: conditions.Condition, kind: str, seed: int, choice: Choice):
+        cell = Cell(cond.name, kind, seed, choice)
         if kind == "mdl":
             found = self.store.get_json(self.task.name, cell.name, self.key(cell))
             return None if found is None else Mdl(**found)

@@ -23,13 +23,16 @@ import torch
 from ..adapters.base import DTYPES
 from ..adapters.families import get_family
 from ..adapters.layers import reads_image_only
+from ..adapters.layers import select as select_layers
 from ..data.examples import TaskData
 from ..data.sources import DataContext, load_task_data
 from ..errors import SpatialbenchError
 from ..features.shards import ENTRY_ROOM
 from ..features.store import MAX_PENDING, SHARD_BYTES, SHARD_ROWS
 from ..probing import conditions
-from ..specs import ModelCard, RunConfig, TaskSpec
+from ..probing.cells import task_cells
+from ..registry import TaskRegistry
+from ..specs import ModelCard, RunConfig, TaskSpec, with_data_seed
 
 QUERY_TOKENS = 32  # an implicit query's padded token count
 
@@ -146,15 +149,29 @@ def _sizes(task: TaskSpec, config: RunConfig, ctx: DataContext, reads_text: bool
     return source, items, images, prompts, data.objects is not None, keys
 
 
-def _fits(task: TaskSpec, config: RunConfig, card: ModelCard, regimes: list[str], objects_known: bool) -> int:
-    resampler = len(config.resampler_lr or card.resampler_lr)
-    probe = len(task.probe.lr)
-    control = 2 if config.control and not task.implicit else 1
-    n = sum(probe * (resampler if r == "joint" else 1) * control for r in regimes)
-    for b in config.baselines:
-        if conditions.unavailable(b, {} if objects_known else None, regimes) is None:
-            n += probe * (resampler if b == "joint_random" else 1)
-    return n * config.seeds
+def run_tasks(config: RunConfig) -> tuple[list[TaskSpec], list[SpatialbenchError]]:
+    """The tasks a run of `config` runs, drawn as it draws them (--data-seed), and the task files left out."""
+    registry = TaskRegistry(config.include_paths)
+    return [with_data_seed(t, config.data_seed) for t in registry.resolve(config.tasks)], registry.errors
+
+
+def _fits(task: TaskSpec, config: RunConfig, card: ModelCard, objects_known: bool, layers: list[str]) -> int:
+    """The probe fits a run of `config` makes of `task`: its cells, as the run lists them."""
+    return len(task_cells(task, conditions.planned(config, objects_known, layers), list(range(config.seeds)),
+                          config.resampler_lr or card.resampler_lr, config.control, config.mdl))
+
+
+def declared_layers(config: RunConfig, card: ModelCard) -> dict[str, tuple[int, int]]:
+    """The (tokens, width) of each layer --layers asks for, from the card's declares (before any load)."""
+    if not config.layers:
+        return {}
+    declared = card.declares.layers if card.declares is not None else {}
+    if not declared:
+        raise SpatialbenchError(f"card '{card.name}' declares no layers, so a --layers run cannot be sized before its "
+                                "checkpoint is loaded", field="declares.layers",
+                                fix="add `layers: {name: [Q, D], ...}` under the card's declares (`check-adapter` "
+                                    "lists the adapter's layers), or plan without --layers")
+    return {name: tuple(declared[name]) for name in select_layers(list(declared), config.layers)}
 
 
 def _import_runtime(name: str) -> None:
@@ -171,8 +188,9 @@ def _import_runtime(name: str) -> None:
 def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: dict[str, TaskData] | None = None,
              layers: dict[str, tuple[int, int]] | None = None) -> Plan:
     """The plan of this run; `loaded`: task data already in memory (a run's), not loaded again; `layers`: the
-    probed layers' (tokens, width), which only a loaded adapter knows (a run's --layers)."""
-    layers = layers or {}
+    probed layers' (tokens, width) as the loaded adapter gives them (a run's --layers), else as the card
+    declares them."""
+    layers = declared_layers(config, card) if layers is None else layers
     family = get_family(card.family)
     point = config.point or card.point
     geo = geometry(card, point)
@@ -207,8 +225,7 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         if plan.error:
             continue
         plan.cache_bytes = cache_bytes(plan.prompts, plan.images)
-        plan.fits = _fits(task, config, card, config.regimes, objects[task.name]) + \
-            len(layers) * len(task.probe.lr) * config.seeds  # a layer is probed as the frozen regime, no control
+        plan.fits = _fits(task, config, card, objects[task.name], list(layers))
         batch = task.probe.batch_size
         layer_rows = sum(q * d * geo.element for q, d in layers.values())  # a pending write per store
         extraction = (MAX_PENDING + 2) * config.batch_size * (geo.row_bytes(stored) + vision_row + layer_rows)

@@ -23,14 +23,14 @@ from ..probing import conditions, scoring
 from ..probing.cells import CellStore
 from ..probing.inputs import build_inputs, feature_requests
 from ..probing.joint import ResamplerSnapshot
-from ..probing.task import TaskProbing
+from ..probing.task import ProbingContext, TaskProbing
 from ..probing.visual import Visual
-from ..registry import TaskRegistry, resolve_card
+from ..registry import resolve_card
 from ..results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, merge, provenance
-from ..specs import RunConfig, TaskSpec, with_data_seed
+from ..specs import RunConfig, TaskSpec
 from ..stats.bootstrap import holm
 from .devices import resolve_device, resolve_precision
-from .plan import estimate
+from .plan import estimate, run_tasks
 from .report import Reporter
 
 
@@ -61,9 +61,8 @@ def writable_output(output: Path, out_dir: Path) -> None:
 class Runner:
     def __init__(self, config: RunConfig, reporter: Reporter | None = None):
         self.config, self.reporter = config, reporter or Reporter()
-        registry = TaskRegistry(config.include_paths)
-        self.tasks = registry.resolve(config.tasks)
-        for error in registry.errors:  # left out, not fatal: the run's own tasks loaded
+        self.tasks, left_out = run_tasks(config)
+        for error in left_out:  # left out, not fatal: the run's own tasks loaded
             self.reporter.info(f"[yellow]left out:[/yellow] {error}")
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
@@ -79,8 +78,6 @@ class Runner:
         self.data = DataContext.from_flags(config.data_dir, config.coco_root)
         self.resampler_lr = config.resampler_lr or self.card.resampler_lr  # a grid
         self.resampler_mode = config.resampler_mode or self.card.resampler_mode
-        if config.data_seed is not None:
-            self.tasks = [with_data_seed(t, config.data_seed) for t in self.tasks]
         self.cells = CellStore(self.out_dir / "cells")
 
     def _save(self, result: RunResult) -> None:
@@ -110,8 +107,11 @@ class Runner:
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
         for note in store.notes + (vision.notes if vision else []) + [n for s in layers.values() for n in s.notes]:
             self.reporter.info(note)
-        self.run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
-                              self.resampler_mode)
+        run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
+                         self.resampler_mode)
+        self.probing = ProbingContext(cells=self.cells, accelerator=self.accelerator, snapshot=self.snapshot,
+                                      run_key=run_key, resampler_lr=self.resampler_lr, control=config.control,
+                                      mdl=config.mdl, note=self.reporter.info)
         commit, source = provenance()
         result = RunResult(
             git_hash=commit, git_hash_source=source, command=config.command, model=self.card, checkpoint=adapter.fingerprint(),
@@ -242,7 +242,7 @@ class Runner:
         plan = conditions.plan(self.config, inputs, vision_rows, adapter, self.snapshot, data.objects,
                                self.resampler_mode, scratch=self.cache_dir / "scratch",
                                layers={name: s.rows(inputs.row_keys) for name, s in layers.items()})
-        probing = TaskProbing(task, inputs, plan, self.seeds, self, self.run_key, data.fingerprint)
+        probing = TaskProbing(task, inputs, plan, self.seeds, self.probing, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:
             for cell in todo:

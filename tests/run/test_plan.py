@@ -14,6 +14,7 @@ from spatialbench.adapters.families import get_family
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
 from tests.helpers import DATA
+from tests.helpers.golden import ARGS
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
 # The whole process's peak resident set of the child, as the kernel counts it.
@@ -115,3 +116,18 @@ def test_a_card_declaring_a_wrong_shape_is_refused_when_it_loads():
     adapter = get_family(card.family).load(wrong)
     with pytest.raises(SpatialbenchError, match=r"declares \[8, 99\] at projected; the checkpoint gives \[8, 48\]"):
         check_declared(adapter)
+
+
+def test_plan_counts_every_fit_of_a_run_with_mdl_and_layers(golden_run):
+    """The plan of the golden run's own command line (every condition, control tasks, MDL, every layer) counts
+    the fits it made, task by task; `plan` takes the run's options as they are."""
+    assert golden_run.fitted == len(list(golden_run.cells.rglob("*.npz")))
+    planned = subprocess.run([SPATIALBENCH, "plan", *ARGS, "--json"], env=_env(), capture_output=True, text=True,
+                             timeout=300)
+    assert planned.returncode == 0, planned.stderr
+    tasks = {t["name"]: t["fits"] for t in json.loads(planned.stdout)["tasks"]}
+    made = {t.name: len(list(t.glob("*.npz"))) for t in golden_run.cells.iterdir()}
+    assert tasks == made and sum(made.values()) == golden_run.fitted
+    mdl_cells = [p for p in golden_run.cells.rglob("*mdl*.npz")]
+    layer_cells = [p for p in golden_run.cells.rglob("resampler.1*.npz")]
+    assert len(mdl_cells) == 3 * 2 and layer_cells  # both regimes of the three classification tasks; layers too
