@@ -404,9 +404,9 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture
 def memory_probe(tiny_dir, tmp_path_factory):
-    """The memory test's fresh process, started with the module so that its imports overlap the other tests."""
+    """The memory test's fresh process (started by the test that reads it, never alongside other tests)."""
     log = tmp_path_factory.mktemp("idefics2-probe") / "stderr.txt"
     with open(log, "w") as err:
         child = subprocess.Popen([sys.executable, "-c", PROBE, str(tiny_dir)], stdin=subprocess.PIPE,

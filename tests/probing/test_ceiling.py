@@ -11,13 +11,14 @@ from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 # synth_vsr's minimal pairs over scenes of two objects: "the A is left of the B" (true) beside "the B is left of
-# the A" (false), the same image and the same words. 1200 scenes, 20 epochs and one learning rate (the suite's
-# time budget): the oracle reached 0.997 here (2026-12-03; 2000 scenes and 25 epochs before the head read the
-# query tokens).
+# the A" (false), the same image and the same words. At full size (1200 scenes, 20 epochs) the oracle solves
+# them: a calibration (`python benchmarks/calibrate.py ceiling`, docs/runs/calibration/ceiling.json). Here the
+# same task in small checks the run around the floor and the ceiling; what the oracle prompt holds and that
+# the head reads the query in order are tests/probing/test_oracle.py's and test_heads.py's.
 SMALL_VSR = {"name": "pairs_vsr", "kind": "vsr", "groups": ["ceiling"],
              "dataset": {"source": "synthetic", "seed": 5, "image_size": 64, "min_objects": 2, "max_objects": 2,
-                         "sizes": {"train": 1200, "validation": 100, "test": 200}},
-             "probe": {"epochs": 20, "patience": 8, "lr": 1e-3}}
+                         "sizes": {"train": 120, "validation": 40, "test": 60}},
+             "probe": {"epochs": 3, "patience": 3, "lr": 1e-3}}
 
 
 def _run(tasks: Path, out: Path, names: str, **kw) -> tuple[Runner, object]:
@@ -32,7 +33,7 @@ def _write(root: Path, spec: dict) -> None:
     (root / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
 
 
-def test_the_oracle_solves_vsr_minimal_pairs_that_a_bag_of_words_cannot(tmp_path):
+def test_the_floor_and_ceiling_of_vsr_minimal_pairs_give_each_condition_its_share(tmp_path):
     _write(tmp_path / "tasks", SMALL_VSR)
     runner, result = _run(tmp_path / "tasks", tmp_path / "out", "pairs_vsr", baselines=["blind", "oracle"])
     task = result.tasks["pairs_vsr"]
@@ -40,7 +41,6 @@ def test_the_oracle_solves_vsr_minimal_pairs_that_a_bag_of_words_cannot(tmp_path
     conditions = task.conditions
     assert set(conditions) == {"frozen", "blind", "oracle"} and conditions["oracle"].role == "baseline"
     accuracy = {name: c.metrics["accuracy"].mean for name, c in conditions.items()}
-    assert accuracy["oracle"] >= 0.95, accuracy  # features that encode the answer: solved
     assert accuracy["blind"] <= 0.6, accuracy  # the caption alone: the words of a pair are the same
     frozen = conditions["frozen"]
     expected = (accuracy["frozen"] - accuracy["blind"]) / (accuracy["oracle"] - accuracy["blind"])

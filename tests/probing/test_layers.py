@@ -12,10 +12,11 @@ from spatialbench.cli import app
 from spatialbench.features import FeatureStore
 from spatialbench.registry import ModelRegistry
 from spatialbench.testing import probe_images
+from tests.helpers.golden import GOLDEN
 
 QFORMER = ["resampler.1", "resampler.2"]  # blip2-tiny's Q-Former has two layers
-RUN = ["run", "--model", "blip2-tiny", "--tasks", "synth_relation", "--layers", "all", "--limit", "20", "--seeds", "2",
-       "--baselines", "blind,vision_patches,oracle", "--no-control", "--workers", "0"]
+RUN = ["run", "--model", "blip2-tiny", "--tasks", "golden_relation", "--layers", "all", "--seeds", "2",
+       "--baselines", "blind,vision_patches,oracle", "--no-control", "--workers", "0", "--include-path", str(GOLDEN / "tasks")]
 
 
 def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image_once(tmp_path, monkeypatch):
@@ -31,7 +32,7 @@ def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image
     assert sum(seen) == ex["images"] == ex["extracted"] > 0 and ex["vision_extracted"] == 0
     assert ex["points"] == ["projected", "vision_patches", *result["layers"]] or \
         ex["points"] == ["resampler", "vision_patches", *result["layers"]]
-    task = result["tasks"]["synth_relation"]
+    task = result["tasks"]["golden_relation"]
     for layer in result["layers"]:
         cond = task["conditions"][layer]
         lo, hi = cond["metrics"]["accuracy"]["ci95"]
@@ -40,7 +41,7 @@ def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image
     for before, after in zip(result["layers"], result["layers"][1:]):
         c = task["comparisons"][f"{after}_vs_{before}"]
         assert c["p_holm"] is not None and c["ci95"][0] <= c["diff"] <= c["ci95"][1]
-    table = out.output[out.output.index("synth_relation by layer"):]
+    table = out.output[out.output.index("golden_relation by layer"):]
     for layer in QFORMER:
         mean, (lo, hi) = task["conditions"][layer]["metrics"]["accuracy"]["mean"], task["conditions"][layer]["metrics"]["accuracy"]["ci95"]
         assert f"{layer}" in table and f"[{lo:.3f},{hi:.3f}]" in table and f"{mean:.3f}" in table
@@ -53,21 +54,22 @@ def test_run_with_layers_all_reports_every_qformer_layer_and_extracts_each_image
     assert again.exit_code == 0, again.output
     second = json.loads((tmp_path / "again" / "blip2-tiny" / "results.json").read_text())
     assert seen == [] and second["extraction"]["extracted"] == 0
-    again = second["tasks"]["synth_relation"]["conditions"]["resampler.2"]
+    again = second["tasks"]["golden_relation"]["conditions"]["resampler.2"]
     assert again["metrics"] == task["conditions"]["resampler.2"]["metrics"]  # same cached rows, same probes
 
     # another task added to the same output without --layers keeps the earlier task's layers, and the file validates
-    more = CliRunner().invoke(app, [*RUN[:4], "synth_region_grid", *RUN[7:], "--output", str(tmp_path / "out"),
+    more = CliRunner().invoke(app, [*RUN[:4], "golden_grid", *RUN[7:], "--output", str(tmp_path / "out"),
                                     "--cache-dir", str(tmp_path / "c")])
     assert more.exit_code == 0, more.output
     merged = json.loads((tmp_path / "out" / "blip2-tiny" / "results.json").read_text())
-    assert set(merged["tasks"]) == {"synth_relation", "synth_region_grid"} and merged["layers"] == result["layers"]
-    checked = CliRunner().invoke(app, ["leaderboard", "validate", str(tmp_path / "out" / "blip2-tiny" / "results.json")])
+    assert set(merged["tasks"]) == {"golden_relation", "golden_grid"} and merged["layers"] == result["layers"]
+    checked = CliRunner().invoke(app, ["leaderboard", "validate", str(tmp_path / "out" / "blip2-tiny" / "results.json"),
+                                       "--include-path", str(GOLDEN / "tasks")])
     assert checked.exit_code == 0, checked.output
 
 
 def test_an_unknown_layer_is_refused_before_any_work_naming_the_declared_ones(tmp_path):
-    out = CliRunner().invoke(app, [*RUN[:5], "--layers", "resampler.9", "--output", str(tmp_path / "o")])
+    out = CliRunner().invoke(app, [*RUN[:5], *RUN[-2:], "--layers", "resampler.9", "--output", str(tmp_path / "o")])
     assert out.exit_code != 0
     assert "--layers" in out.output and "resampler.9" in out.output and "resampler.2" in out.output
     assert not (tmp_path / "o" / "blip2-tiny" / "results.json").exists()

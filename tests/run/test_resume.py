@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from spatialbench.results import read_results
 from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
+from tests.helpers import write_small_tasks
 from tests.helpers.paused_run import PAUSED
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
@@ -30,9 +32,9 @@ def _stable(value):
     return value
 
 
-def _args(small_tasks, out, cache, *extra):
-    return ["run", "--model", "blip2-tiny", "--tasks", "small_grid,small_relation,small_vsr", "--seeds", "3",
-            "--device", "cpu", "--include-path", str(small_tasks), "--output", str(out), "--cache-dir", str(cache),
+def _args(small, out, cache, *extra):
+    return ["run", "--model", "blip2-tiny", "--tasks", "small_grid,small_relation,small_vsr", "--seeds", "2",
+            "--device", "cpu", "--include-path", str(small), "--output", str(out), "--cache-dir", str(cache),
             "--baselines", "blind", *extra]
 
 
@@ -40,9 +42,9 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 
 
-def _reference(small_tasks, tmp_path, **kw):
-    config = RunConfig(model="blip2-tiny", tasks=["small_grid,small_relation,small_vsr"], seeds=3, device="cpu",
-                       include_paths=[small_tasks], output=tmp_path / "reference", cache_dir=tmp_path / "cache",
+def _reference(small, tmp_path, **kw):
+    config = RunConfig(model="blip2-tiny", tasks=["small_grid,small_relation,small_vsr"], seeds=2, device="cpu",
+                       include_paths=[small], output=tmp_path / "reference", cache_dir=tmp_path / "cache",
                        baselines=["blind"], **kw)
     runner = Runner(config)
     return runner.run().model_dump(mode="json")
@@ -60,22 +62,22 @@ def _start_paused_after(args, cells: int, stderr) -> subprocess.Popen:
     raise AssertionError(f"the run ended (rc {proc.returncode}) before its {cells}th fit")
 
 
-def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small_tasks, tmp_path):
-    reference = _reference(small_tasks, tmp_path)
+def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small, tmp_path):
+    reference = _reference(small, tmp_path)
     out = tmp_path / "out"
     cells = out / "blip2-tiny" / "cells"
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = _start_paused_after(_args(small_tasks, out, tmp_path / "cache"), 4, stderr)
+        proc = _start_paused_after(_args(small, out, tmp_path / "cache"), 4, stderr)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = sorted(cells.rglob("*.npz"))
-    assert len(finished) == 4  # killed in the middle of the work: 24 fits in all
+    assert len(finished) == 4  # killed in the middle of the work: 16 fits in all
     for path in finished:  # every file on disk is whole: written to a temporary file, fsynced, renamed
         assert "meta" in np.load(path)
     if (out / "blip2-tiny" / "results.json").exists():
         read_results(out / "blip2-tiny" / "results.json")
 
-    rerun = subprocess.run([SPATIALBENCH, *_args(small_tasks, out, tmp_path / "cache")], env=_env(),
+    rerun = subprocess.run([SPATIALBENCH, *_args(small, out, tmp_path / "cache")], env=_env(),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(finished)} reused" in rerun.stderr  # the finished cells were not fitted again
@@ -83,12 +85,12 @@ def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small_tasks
     assert _stable(resumed) == _stable(reference)
 
 
-def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small_tasks, tmp_path):
+def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small, tmp_path):
     out = tmp_path / "out"
     cells = out / "blip2-tiny" / "cells"
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        proc = _start_paused_after(_args(small_tasks, out, tmp_path / "cache"), 2, stderr)
+        proc = _start_paused_after(_args(small, out, tmp_path / "cache"), 2, stderr)
     proc.send_signal(signal.SIGINT)
     proc.wait()
     output = log.read_text()
@@ -111,11 +113,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_share_the_work_and_agree_with_one(small_tasks, tmp_path):
-    reference = _reference(small_tasks, tmp_path, control=False)
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return write_small_tasks(tmp_path_factory.mktemp("resume") / "tasks")
+
+
+@pytest.fixture(scope="module")
+def without_control(small, tmp_path_factory) -> dict:
+    """The uninterrupted single-process run without control tasks, which both concurrency tests must equal."""
+    return _reference(small, tmp_path_factory.mktemp("reference"), control=False)
+
+
+def test_two_processes_share_the_work_and_agree_with_one(small, without_control, tmp_path):
+    reference = without_control
     out, cache = tmp_path / "out", tmp_path / "two-cache"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), SPATIALBENCH, *_args(small_tasks, out, cache, "--no-control")]
+           "--master_port", str(_free_port()), SPATIALBENCH, *_args(small, out, cache, "--no-control")]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = read_results(out / "blip2-tiny" / "results.json")
@@ -130,10 +143,10 @@ def test_two_processes_share_the_work_and_agree_with_one(small_tasks, tmp_path):
     shutil.rmtree(out / "blip2-tiny" / "cells")
 
 
-def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(small_tasks, tmp_path):
-    reference = _reference(small_tasks, tmp_path, control=False)  # its own cache: tmp_path / "cache"
+def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(small, without_control, tmp_path):
+    reference = without_control  # its own cache
     shared = tmp_path / "shared-cache"
-    procs = [subprocess.Popen([SPATIALBENCH, *_args(small_tasks, tmp_path / f"out{i}", shared, "--no-control")],
+    procs = [subprocess.Popen([SPATIALBENCH, *_args(small, tmp_path / f"out{i}", shared, "--no-control")],
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
