@@ -52,7 +52,7 @@ def build_adapter(size: str, dtype: str, device: str):
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, BlipImageProcessor, OPTConfig
 
     from spatialbench.adapters.blip2 import Blip2Adapter, Blip2Parts
-    from spatialbench.adapters.tiny.vocab import word_tokenizer
+    from spatialbench.data.vocab import word_tokenizer
 
     tokenizer = word_tokenizer()
     text = OPTConfig(hidden_size=64, word_embed_proj_dim=64, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from spatialbench.adapters.tiny.builds import BUILDS, Build, materialise
-from spatialbench.adapters.tiny.vocab import word_tokenizer
+from spatialbench.data.vocab import word_tokenizer
 
 NAME = "blip2-mid"
 IMAGE_SIZE = 224

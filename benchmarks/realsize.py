@@ -45,7 +45,7 @@ def write_checkpoint(out: Path) -> dict:
     from safetensors.torch import save_file
     from transformers import Blip2ForConditionalGeneration, BlipImageProcessor
 
-    from spatialbench.adapters.tiny.vocab import word_tokenizer
+    from spatialbench.data.vocab import word_tokenizer
 
     config = real_config()
     with torch.device("meta"):

@@ -99,6 +99,22 @@ def test_the_package_has_no_import_cycle():
         " <-> ".join(c) for c in found)
 
 
+def rooms(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between the package's rooms (its folders and top-level modules)."""
+    room = lambda module: module.split(".")[1] if "." in module else module  # noqa: E731
+    out: dict[str, set[str]] = {}
+    for a, targets in edges.items():
+        out.setdefault(room(a), set()).update(room(b) for b in targets if room(b) != room(a))
+    return out
+
+
+def test_no_room_imports_a_room_that_imports_it_back():
+    """docs/architecture.md's arrows only point down: e.g. adapters may use the testbed's builds, so the testbed
+    may not use adapters."""
+    found = cycles(rooms(graph()))
+    assert not found, "rooms that import one another:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
 def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import(tmp_path):
     package = tmp_path / "spatialbench"
     package.mkdir()

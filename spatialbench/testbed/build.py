@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from . import pretraining as pt
-from ..adapters.tiny.vocab import IMAGE_SIZE, word_tokenizer
+from ..data.vocab import word_tokenizer
 
 log = logging.getLogger(__name__)
+IMAGE_SIZE = 64
 PATCH = 8
 GRID = IMAGE_SIZE // PATCH
 # 2400 steps at lr 2e-3: object patches named 43% -> 95% on pretraining validation (600 steps at 1e-3 underfit:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from spatialbench.adapters import loading
 from spatialbench.adapters.tiny import builds
-from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.tiny import IMAGE_SIZE
 from spatialbench.adapters.families import get_family
 from spatialbench.adapters.blip2 import EXTRACTION_PREFIXES, Blip2Adapter
 from spatialbench.errors import SpatialbenchError

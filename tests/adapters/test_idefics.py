@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from spatialbench.adapters import loading
 from spatialbench.adapters.tiny.builds import materialise
-from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.tiny import IMAGE_SIZE
 from spatialbench.adapters.families import get_family
 from spatialbench.adapters.idefics import EMBED_PREFIX, EXTRACTION_PREFIXES, IdeficsAdapter, shape_at
 from spatialbench.errors import SpatialbenchError

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from spatialbench.adapters import loading
 from spatialbench.adapters.tiny.builds import materialise
-from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.tiny import IMAGE_SIZE
 from spatialbench.adapters.families import get_family
 from spatialbench.adapters.kosmos2 import EMBED_KEY, EXTRACTION_PREFIXES, Kosmos2Adapter, shape_at
 from spatialbench.errors import SpatialbenchError

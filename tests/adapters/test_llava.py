@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from spatialbench.adapters import loading
 from spatialbench.adapters.families import get_family
 from spatialbench.adapters.llava import LlavaAdapter, LlavaParts, shape_at
-from spatialbench.adapters.tiny.vocab import IMAGE_SIZE
+from spatialbench.adapters.tiny import IMAGE_SIZE
 from spatialbench.adapters.tiny.builds import materialise
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry

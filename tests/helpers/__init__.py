@@ -32,3 +32,17 @@ def write_small_tasks(root: Path) -> Path:
         }
         (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     return root
+
+
+# What legitimately differs between two runs of the same code and data: wall times and provenance.
+VOLATILE = frozenset({"seconds", "timings", "created_at", "command", "extraction", "git_hash", "git_hash_source",
+                      "device"})
+
+
+def stable(value, volatile=VOLATILE):
+    """A results dict (as JSON) without the `volatile` keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: stable(v, volatile) for k, v in value.items() if k not in volatile}
+    if isinstance(value, list):
+        return [stable(v, volatile) for v in value]
+    return value

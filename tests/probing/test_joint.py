@@ -27,11 +27,22 @@ def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Run
     return runner, runner.run()
 
 
+VISION_FORWARDS: list[int] = []  # images through the vision encoder during both_run, counted where it runs
+
+
 @pytest.fixture(scope="module")
 def both_run(tmp_path_factory) -> tuple[Runner, RunResult]:
     """One run of both regimes, all baselines, control and MDL, read by several tests (each costs ~20 s)."""
     tmp = tmp_path_factory.mktemp("joint-run")
-    return _run(write_small_tasks(tmp / "tasks"), tmp, control=True, mdl=True)
+    original = Blip2Adapter.vision_features
+
+    def counting(self, pixel_values):
+        VISION_FORWARDS.append(len(pixel_values))
+        return original(self, pixel_values)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Blip2Adapter, "vision_features", counting)
+        return _run(write_small_tasks(tmp / "tasks"), tmp, control=True, mdl=True)
 
 
 def test_both_regimes_baselines_control_and_the_gap_are_reported(both_run):
@@ -140,17 +151,9 @@ def test_the_cards_resampler_lr_is_the_default_and_the_flag_overrides_it(small_t
     assert Runner(RunConfig(**base, resampler_lr=5e-4)).resampler_lr == [5e-4]
 
 
-def test_the_vision_encoder_runs_once_per_image_per_run(small_tasks, tmp_path, monkeypatch):
-    seen = []
-    original = Blip2Adapter.vision_features
-
-    def counting(self, pixel_values):
-        seen.append(len(pixel_values))
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(Blip2Adapter, "vision_features", counting)
-    _, result = _run(small_tasks, tmp_path, tasks="small")
-    assert sum(seen) == result.extraction.images == result.extraction.vision_extracted
+def test_the_vision_encoder_runs_once_per_image_per_run(both_run):
+    _, result = both_run  # two tasks over the same scenes, both regimes, every baseline that reads vision
+    assert sum(VISION_FORWARDS) == result.extraction.images == result.extraction.vision_extracted > 0
     assert result.extraction.extracted == result.extraction.prompts  # prompts came from cached vision features
 
 

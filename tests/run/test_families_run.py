@@ -27,4 +27,5 @@ def test_every_family_runs_a_task_of_every_kind(card, point, small, tmp_path):
     assert not failed
     assert result.point == (point or result.model.point)
     assert result.geometry == ("pad_to_square" if card == "llava-tiny" else "processor")  # the mapping used, recorded
-    assert result.extraction.extracted == result.extraction.prompts > 0
+    ex = result.extraction  # the session's cache may hold these prompts already (another test's run)
+    assert ex.extracted + ex.reused == ex.prompts > 0 and ex.failed == 0

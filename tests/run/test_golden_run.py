@@ -13,20 +13,17 @@ one and two threads), everything else exactly. Recorded with:
 import json
 import math
 
+from tests import helpers
+from tests.helpers import VOLATILE
 from tests.helpers.golden import GOLDEN
 
-# What legitimately differs between two runs of the same code and data: wall time and provenance; and the
+# Besides wall times and provenance: the checkpoint's digest and the tool's version (provenance too), and the
 # card's `declares` (what `plan` sizes a run with: the card gained its layers after the recording).
-VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "git_hash_source", "device",
-            "checkpoint", "tool_version", "declares"}
+GOLDEN_VOLATILE = VOLATILE | {"checkpoint", "tool_version", "declares"}
 
 
 def stable(value):
-    if isinstance(value, dict):
-        return {k: stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [stable(v) for v in value]
-    return value
+    return helpers.stable(value, GOLDEN_VOLATILE)
 
 
 def differences(a, b, path="") -> list[str]:

@@ -15,21 +15,11 @@ import pytest
 from spatialbench.results import read_results
 from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
-from tests.helpers import write_small_tasks
+from tests.helpers import stable, write_small_tasks
 from tests.helpers.paused_run import PAUSED
 
 SPATIALBENCH = str(Path(sys.executable).parent / "spatialbench")
 PAUSED_RUN = Path(__file__).parents[1] / "helpers" / "paused_run.py"
-VOLATILE = {"seconds", "timings", "created_at", "command", "extraction", "git_hash", "device"}
-
-
-def _stable(value):
-    """A results dict without what legitimately differs between runs: wall times and provenance."""
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def _args(small, out, cache, *extra):
@@ -82,7 +72,7 @@ def test_sigkill_mid_task_then_rerun_gives_the_uninterrupted_results(small, tmp_
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(finished)} reused" in rerun.stderr  # the finished cells were not fitted again
     resumed = read_results(out / "blip2-tiny" / "results.json").model_dump(mode="json")
-    assert _stable(resumed) == _stable(reference)
+    assert stable(resumed) == stable(reference)
 
 
 def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small, tmp_path):
@@ -139,7 +129,7 @@ def test_two_processes_share_the_work_and_agree_with_one(small, without_control,
     keys = _entries(cache)
     assert len(keys) == len(set(keys)) == ex.images  # every image's entry written once, by one process
     # The probe cells were split between the processes; the results equal the single-process run's.
-    assert _stable(result.model_dump(mode="json")) == _stable(reference)
+    assert stable(result.model_dump(mode="json")) == stable(reference)
     shutil.rmtree(out / "blip2-tiny" / "cells")
 
 
@@ -153,7 +143,7 @@ def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(small, without
     assert [p.returncode for p in procs] == [0, 0], outputs
     for i in range(2):
         result = read_results(tmp_path / f"out{i}" / "blip2-tiny" / "results.json")
-        assert _stable(result.model_dump(mode="json")) == _stable(reference)
+        assert stable(result.model_dump(mode="json")) == stable(reference)
     # Every image has an entry (two runs racing may both write one: the first whole copy is read); none
     # half-written, no temporary file left behind.
     keys = _entries(shared)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from .vocab import IMAGE_SIZE, word_tokenizer
+from ...data.vocab import word_tokenizer
+from . import IMAGE_SIZE
 
 IMAGE_TOKENS = ("<fake_token_around_image>", "<image>")  # what IdeficsProcessor needs in the vocabulary
 

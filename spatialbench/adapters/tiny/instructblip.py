@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .vocab import IMAGE_SIZE, WORDS, word_tokenizer
+from ...data.vocab import WORDS, word_tokenizer
+from . import IMAGE_SIZE
 
 
 def _build_tiny(out: Path, seq2seq: bool) -> None:

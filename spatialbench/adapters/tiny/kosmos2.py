@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .vocab import IMAGE_SIZE, word_tokenizer
+from ...data.vocab import word_tokenizer
+from . import IMAGE_SIZE
 
 
 def build_kosmos2_tiny(out: Path) -> None:

@@ -1,8 +1,8 @@
-"""What every tiny checkpoint shares: the image size and a word-level tokenizer made without any download."""
+"""The words of the synthetic scenes and their questions, and a word-level tokenizer over them made without any
+download: what the tiny checkpoints and the testbed tokenise with."""
 
 from __future__ import annotations
 
-IMAGE_SIZE = 64
 WORDS = (
     "the a an is are of to in on at and not what where which left right above below top bottom "
     "red green blue yellow purple orange circle square triangle diamond shape object image "
