@@ -9,17 +9,18 @@ import sys
 
 import torch
 
-# Peak resident memory during the load, above what the process held just before it; sampled by a thread
-# because ru_maxrss is a lifetime high-water mark that the imports alone may already have set.
+# Peak resident memory during the load, above what the process held just before it: the kernel's own high-water
+# mark (VmHWM), reset to the current resident set just before the load (clear_refs 5), so the imports' peak
+# does not hide it; a count the kernel keeps, whatever else the machine is doing.
 PROBE = """
-import json, sys, threading, time
+import json, sys
 import torch, transformers
 from spatialbench.adapters.families import get_family
 from spatialbench.specs import ModelCard
 
-def rss_kb():
+def status_kb(field):
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 # Warm-up, so the measurement sees tensors, not code: import every module the load will use by building the
 # whole model on the meta device (no memory), and read the tokenizer and image processor once.
@@ -31,13 +32,9 @@ transformers.AutoImageProcessor.from_pretrained(sys.argv[2])
 if sys.argv[1] != "full":
     get_family(sys.argv[1])
 
-before, peak, done = rss_kb(), [0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss_kb())
-        time.sleep(0.002)
-sampler = threading.Thread(target=sample)
-sampler.start()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+before = status_kb("VmRSS")
 if sys.argv[1] == "full":  # the control: the whole model, LLM included, as from_pretrained loads it
     model = getattr(transformers, sys.argv[3]).from_pretrained(sys.argv[2])
     keys, params = [n for n, _ in model.named_parameters()], list(model.parameters())
@@ -46,10 +43,7 @@ else:
     keys, params = sorted(adapter.loaded_keys), adapter.parameters()
 for p in params:  # touch every loaded tensor: memory-mapped weights count once they are used
     p.float().sum()
-done.set()
-sampler.join()
-peak[0] = max(peak[0], rss_kb())
-print(json.dumps({"growth_kb": peak[0] - before, "keys": keys}))
+print(json.dumps({"growth_kb": status_kb("VmHWM") - before, "keys": keys}))
 """
 
 

@@ -7,6 +7,7 @@ test then sends its signal at a point it chose (not whenever a race lets it), or
 run finish. A signal that ends the run ends it inside that wait, exactly as it would between two fits.
 """
 
+import signal
 import sys
 
 PAUSED = "PAUSED"
@@ -14,6 +15,9 @@ PAUSED = "PAUSED"
 
 def main() -> None:
     after, args = int(sys.argv[1]), sys.argv[2:]
+    # Ctrl-C as a terminal delivers it, even when this test runs as a background job (which starts with SIGINT
+    # ignored, and then Python installs no KeyboardInterrupt handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from spatialbench import cli
     from spatialbench.probing.cells import CellStore
 

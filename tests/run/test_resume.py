@@ -82,7 +82,11 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_resume(small, tmp_path):
     with open(log, "w") as stderr:
         proc = _start_paused_after(_args(small, out, tmp_path / "cache"), 2, stderr)
     proc.send_signal(signal.SIGINT)
-    proc.wait()
+    try:
+        proc.wait(timeout=600)  # a guard against a hang, not a measurement: the run ends within seconds
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the run ignored SIGINT:\n{log.read_text()}") from None
     output = log.read_text()
     assert proc.returncode == 130, output
     assert "interrupted" in output and "Run the same command again to resume" in output
