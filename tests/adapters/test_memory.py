@@ -53,7 +53,7 @@ def _llm_heavy_blip2(path):
     from spatialbench.data.vocab import word_tokenizer
 
     torch.manual_seed(0)
-    text = OPTConfig(hidden_size=512, word_embed_proj_dim=512, ffn_dim=2048, num_hidden_layers=12,
+    text = OPTConfig(hidden_size=512, word_embed_proj_dim=512, ffn_dim=2048, num_hidden_layers=8,
                      num_attention_heads=8, vocab_size=512, max_position_embeddings=64)
     config = Blip2Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -75,7 +75,7 @@ def _peak_growth(*args: str) -> dict:
 
 def test_blip2_extraction_memory_stays_far_below_the_llm_size(tmp_path):
     llm_bytes = _llm_heavy_blip2(tmp_path)
-    assert llm_bytes > 100e6  # the decoder layers dominate the checkpoint
+    assert llm_bytes > 90e6  # the decoder layers dominate the checkpoint (12.6 MB a layer)
     control = _peak_growth("full", str(tmp_path), "Blip2ForConditionalGeneration")
     adapter = _peak_growth("blip2", str(tmp_path))
     # The control shows the measurement sees an LLM load; the adapter's peak must stay far below it.

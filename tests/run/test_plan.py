@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from spatialbench.adapters.base import check_declared
+from spatialbench.cli import app
 from spatialbench.adapters.families import get_family
 from spatialbench.errors import SpatialbenchError
 from spatialbench.registry import ModelRegistry
@@ -122,9 +124,8 @@ def test_plan_counts_every_fit_of_a_run_with_mdl_and_layers(golden_run):
     """The plan of the golden run's own command line (every condition, control tasks, MDL, every layer) counts
     the fits it made, task by task; `plan` takes the run's options as they are."""
     assert golden_run.fitted == len(list(golden_run.cells.rglob("*.npz")))
-    planned = subprocess.run([SPATIALBENCH, "plan", *ARGS, "--json"], env=_env(), capture_output=True, text=True,
-                             timeout=300)
-    assert planned.returncode == 0, planned.stderr
+    planned = CliRunner().invoke(app, ["plan", *ARGS, "--json"])
+    assert planned.exit_code == 0, planned.output
     tasks = {t["name"]: t["fits"] for t in json.loads(planned.stdout)["tasks"]}
     made = {t.name: len(list(t.glob("*.npz"))) for t in golden_run.cells.iterdir()}
     assert tasks == made and sum(made.values()) == golden_run.fitted
