@@ -49,6 +49,18 @@ class Resampling:
         picked = np.take_along_axis(totals, self.seed_picks(len(scores)), axis=1)
         return picked.mean(axis=1) / self.size
 
+    def summed(self, item_counts: list[np.ndarray], score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Replicates of a metric computed from counts summed over items (metrics.Counted): item_counts holds
+        one [N, m] array per seed; each replicate scores the drawn images' summed counts of each drawn seed.
+        The same replicates as rescored gives for that metric, without a Python loop over them."""
+        picks = self.seed_picks(len(item_counts))
+        scores = []
+        for counts in item_counts:
+            per_cluster = np.zeros((self.n_clusters, counts.shape[1]))
+            np.add.at(per_cluster, self.inv, counts)
+            scores.append(score(self.counts @ per_cluster))  # [n_boot]: this seed on every replicate's images
+        return np.stack(scores)[picks, np.arange(self.n_boot)[:, None]].mean(axis=1)
+
     def rescored(self, score: Callable[[int, np.ndarray], float], n_seeds: int) -> np.ndarray:
         """Replicates of a metric that is not a mean of per-item scores (macro F1): score(seed, items) is
         recomputed on each replicate's items, for each drawn seed."""

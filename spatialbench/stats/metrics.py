@@ -5,6 +5,7 @@ Class targets are 1-D int arrays; box targets are [N, 4] arrays of (x0, y0, x1, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -90,6 +91,39 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def _f1_counts(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Per item, one-hot over the labels any pair uses: [true positive | predicted | true], [N, 3K] each."""
+    labels = np.unique(np.concatenate([np.concatenate([p, t]) for p, t in pairs]))
+    eye = np.eye(len(labels))
+    out = []
+    for pred, target in pairs:
+        p, t = eye[np.searchsorted(labels, pred)], eye[np.searchsorted(labels, target)]
+        out.append(np.concatenate([t * (pred == target)[:, None], p, t], axis=1))
+    return out
+
+
+def _f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """macro_f1 from summed counts [..., 3K]: a class neither true nor predicted among the items is left out,
+    as macro_f1 leaves out a label that does not occur (2tp + fp + fn is predicted + true)."""
+    k = counts.shape[-1] // 3
+    tp, predicted, true = counts[..., :k], counts[..., k:2 * k], counts[..., 2 * k:]
+    seen = predicted + true > 0
+    f1 = np.divide(2 * tp, predicted + true, out=np.zeros_like(tp), where=seen)
+    return f1.sum(axis=-1) / seen.sum(axis=-1)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A metric that is a function of per-item counts summed over the items (macro F1 of a confusion's
+    margins): a bootstrap replicate sums the drawn images' counts instead of rescoring its items one by one."""
+
+    counts: Callable[[list[tuple[np.ndarray, np.ndarray]]], list[np.ndarray]]  # (pred, target) per seed -> [N, m]
+    score: Callable[[np.ndarray], np.ndarray]  # [..., m] summed counts -> [...] metric
+
+
+COUNTED: dict[str, Counted] = {"macro_f1": Counted(_f1_counts, _f1_from_counts)}
+
+
 def per_item(name: str, pred, target) -> np.ndarray:
     """Per-item scores whose mean is METRICS[name]; only for decomposable metrics."""
     if name not in PER_ITEM:
@@ -132,6 +166,9 @@ def cluster_bootstrap_ci(
     resampling = Resampling(clusters, n_boot, seed)
     if isinstance(metric, str) and metric in PER_ITEM:
         reps = resampling.means([PER_ITEM[metric](p, target) for p in preds])
+    elif isinstance(metric, str) and metric in COUNTED:
+        counted = COUNTED[metric]
+        reps = resampling.summed(counted.counts([(p, target) for p in preds]), counted.score)
     else:
         fn = METRICS[metric] if isinstance(metric, str) else metric
         reps = resampling.rescored(lambda s, items: fn(preds[s][items], target[items]), len(preds))

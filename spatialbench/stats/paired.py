@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bootstrap import Resampling, percentile
-from .metrics import METRICS, PER_ITEM, Metric, _paired, per_item
+from .metrics import COUNTED, METRICS, PER_ITEM, Metric, _paired, per_item
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,14 @@ def _compare(metric, side_a, side_b, clusters, n_boot, seed) -> PairedResult:
         return paired_from_scores([per_item(metric, p, t) for p, t in side_a],
                                   [per_item(metric, p, t) for p, t in side_b], clusters, n_boot, seed)
 
-    # Non-decomposable metrics (macro F1, callables) must be rescored per replicate.
     fn: Metric = METRICS[metric] if isinstance(metric, str) else metric
     resampling = Resampling(clusters, n_boot, seed)
-    reps = [resampling.rescored(lambda s, items, side=side: fn(side[s][0][items], side[s][1][items]), len(side))
-            for side in (side_a, side_b)]
+    if isinstance(metric, str) and metric in COUNTED:
+        counted = COUNTED[metric]
+        reps = [resampling.summed(counted.counts(side), counted.score) for side in (side_a, side_b)]
+    else:  # any other metric (a callable) is rescored on each replicate's items
+        reps = [resampling.rescored(lambda s, items, side=side: fn(side[s][0][items], side[s][1][items]),
+                                    len(side)) for side in (side_a, side_b)]
     a, b = (float(np.mean([fn(p, t) for p, t in side])) for side in (side_a, side_b))
     return _result(a, b, reps[0] - reps[1])
 

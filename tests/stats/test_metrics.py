@@ -149,6 +149,22 @@ def test_bootstrap_single_cluster_and_seed_is_degenerate_at_point():
         assert lo == pytest.approx(point) and hi == pytest.approx(point)
 
 
+def test_macro_f1_bootstrap_from_summed_counts_gives_the_replicates_rescoring_gives():
+    """The counted path (each replicate sums the drawn images' confusion margins) against the generic one
+    (macro_f1 recomputed on each replicate's items): same draws, same replicates, on labels that are negative,
+    sparse, and missing from the targets or from a seed's predictions."""
+    rng = np.random.default_rng(4)
+    y = rng.choice([-2, 0, 5, 9], 120)
+    preds = [np.where(rng.random(120) < 0.5, y, rng.choice([-2, 0, 5, 7], 120)) for _ in range(3)]
+    preds[2][preds[2] == 7] = 0  # one seed never predicts 7
+    clusters = np.arange(120) // 4
+    for n_boot, seed in ((200, 0), (50, 3)):
+        counted = cluster_bootstrap_ci("macro_f1", preds, y, clusters, n_boot=n_boot, seed=seed)
+        rescored = cluster_bootstrap_ci(lambda p, t: macro_f1(p, t), preds, y, clusters, n_boot=n_boot, seed=seed)
+        assert counted == pytest.approx(rescored, abs=1e-12)
+        assert counted[0] < counted[1]
+
+
 def test_bootstrap_reads_seeds_a_ci_widens_when_seeds_disagree():
     # Two conditions with the same seed-averaged predictions item by item, over the same images: in one the
     # seeds agree (each 0.6), in the other they disagree (0.2, 0.6, 1.0). Only a bootstrap that draws seeds
