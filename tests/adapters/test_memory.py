@@ -13,37 +13,48 @@ import torch
 # mark (VmHWM), reset to the current resident set just before the load (clear_refs 5), so the imports' peak
 # does not hide it; a count the kernel keeps, whatever else the machine is doing.
 PROBE = """
-import json, sys
+import gc, json, sys
 import torch, transformers
 from spatialbench.adapters.families import get_family
 from spatialbench.specs import ModelCard
+
+family, path, full_class = sys.argv[1:4]
 
 def status_kb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
+def growth_kb(load):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = status_kb("VmRSS")
+    keys, params = load()
+    for p in params:  # touch every loaded tensor: memory-mapped weights count once they are used
+        p.float().sum()
+    return status_kb("VmHWM") - before, keys
+
 # Warm-up, so the measurement sees tensors, not code: import every module the load will use by building the
 # whole model on the meta device (no memory), and read the tokenizer and image processor once.
-config = transformers.AutoConfig.from_pretrained(sys.argv[2])
+config = transformers.AutoConfig.from_pretrained(path)
 with torch.device("meta"):
     getattr(transformers, config.architectures[0])(config)
-transformers.AutoTokenizer.from_pretrained(sys.argv[2])
-transformers.AutoImageProcessor.from_pretrained(sys.argv[2])
-if sys.argv[1] != "full":
-    get_family(sys.argv[1])
+transformers.AutoTokenizer.from_pretrained(path)
+transformers.AutoImageProcessor.from_pretrained(path)
+get_family(family)
 
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # VmHWM := VmRSS
-before = status_kb("VmRSS")
-if sys.argv[1] == "full":  # the control: the whole model, LLM included, as from_pretrained loads it
-    model = getattr(transformers, sys.argv[3]).from_pretrained(sys.argv[2])
-    keys, params = [n for n, _ in model.named_parameters()], list(model.parameters())
-else:
-    adapter = get_family(sys.argv[1]).load(ModelCard(name="heavy", family=sys.argv[1], checkpoint=sys.argv[2]))
-    keys, params = sorted(adapter.loaded_keys), adapter.parameters()
-for p in params:  # touch every loaded tensor: memory-mapped weights count once they are used
-    p.float().sum()
-print(json.dumps({"growth_kb": status_kb("VmHWM") - before, "keys": keys}))
+def adapter():
+    loaded = get_family(family).load(ModelCard(name="heavy", family=family, checkpoint=path))
+    return sorted(loaded.loaded_keys), loaded.parameters()
+
+def full():  # the control: the whole model, LLM included, as from_pretrained loads it
+    model = getattr(transformers, full_class).from_pretrained(path)
+    return [n for n, _ in model.named_parameters()], list(model.parameters())
+
+# The adapter first: memory the control frees would be reused by a later load without raising the resident set.
+adapter_kb, keys = growth_kb(adapter)
+gc.collect()
+control_kb, _ = growth_kb(full)
+print(json.dumps({"adapter_kb": adapter_kb, "control_kb": control_kb, "keys": keys}))
 """
 
 
@@ -76,9 +87,8 @@ def _peak_growth(*args: str) -> dict:
 def test_blip2_extraction_memory_stays_far_below_the_llm_size(tmp_path):
     llm_bytes = _llm_heavy_blip2(tmp_path)
     assert llm_bytes > 90e6  # the decoder layers dominate the checkpoint (12.6 MB a layer)
-    control = _peak_growth("full", str(tmp_path), "Blip2ForConditionalGeneration")
-    adapter = _peak_growth("blip2", str(tmp_path))
+    measured = _peak_growth("blip2", str(tmp_path), "Blip2ForConditionalGeneration")
     # The control shows the measurement sees an LLM load; the adapter's peak must stay far below it.
-    assert control["growth_kb"] * 1024 > 0.8 * llm_bytes
-    assert adapter["growth_kb"] * 1024 < 0.25 * llm_bytes, adapter["growth_kb"]
-    assert not any(k.startswith("language_model.model.decoder.layers") for k in adapter["keys"])
+    assert measured["control_kb"] * 1024 > 0.8 * llm_bytes
+    assert measured["adapter_kb"] * 1024 < 0.25 * llm_bytes, measured["adapter_kb"]
+    assert not any(k.startswith("language_model.model.decoder.layers") for k in measured["keys"])

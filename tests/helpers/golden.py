@@ -4,6 +4,7 @@ control tasks, MDL and every layer over four small tasks, one run shared by the 
 from dataclasses import dataclass
 from pathlib import Path
 
+from spatialbench.run.runner import Runner
 from spatialbench.specs import RunConfig
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
@@ -14,7 +15,7 @@ ARGS = ["--model", "blip2-tiny", "--tasks", "golden_grid,golden_relation,golden_
 
 @dataclass
 class GoldenRun:
-    config: RunConfig
+    runner: Runner  # after its run: its snapshot, cells and results path
     result: dict  # the results file, as JSON
     fitted: int  # probe fits the run made
     cells: Path  # where they are

@@ -32,7 +32,7 @@ def test_attention_probe_with_text_queries_reads_the_class():
 @pytest.mark.parametrize("arch", ["linear", "mlp", "attentive"])
 def test_box_probe_reads_features_that_encode_the_box(arch):
     inputs = box_inputs()
-    result = fit(inputs, _spec(arch, epochs=80, patience=15), seed=0, headline="acc_iou50",
+    result = fit(inputs, _spec(arch, epochs=80, patience=5), seed=0, headline="acc_iou50",
                  accelerator=Accelerator(cpu=True))
     test = inputs.splits["test"]
     assert metrics.METRICS["acc_iou50"](result.test_pred, test.target.numpy()) >= 0.95

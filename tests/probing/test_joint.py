@@ -15,25 +15,29 @@ from spatialbench.specs import RunConfig
 
 from tests.helpers import write_small_tasks
 
-ALL_BASELINES = ["blind", "random_resampler", "vision_patches"]
-
-
-def _run(small_tasks, tmp_path, tasks="small_grid,small_vsr", **kw) -> tuple[Runner, RunResult]:
-    kw = {"control": False, "resampler_lr": [1e-3], **kw}  # one resampler lr: a grid multiplies the joint fits
-    config = RunConfig(model="blip2-tiny", tasks=[tasks], seeds=2, output=tmp_path / "out", device="cpu",
-                       include_paths=[small_tasks], cache_dir=tmp_path / "cache", regime="both",
-                       baselines=ALL_BASELINES, **kw)
-    runner = Runner(config)
-    return runner, runner.run()
+ALL_BASELINES = ["blind", "oracle", "random_resampler", "vision_patches", "joint_random"]  # --baselines all
 
 
 VISION_FORWARDS: list[int] = []  # images through the vision encoder during both_run, counted where it runs
+BOTH = ["run", "--model", "blip2-tiny", "--tasks", "small_relation,small_grid", "--regime", "both", "--seeds", "2",
+        "--device", "cpu", "--no-control", "--resampler-lr", "1e-3"]
 
 
 @pytest.fixture(scope="module")
-def both_run(tmp_path_factory) -> tuple[Runner, RunResult]:
-    """One run of both regimes, all baselines, control and MDL, read by several tests (each costs ~20 s)."""
+def both_run(tmp_path_factory):
+    """The command a user types for both regimes and every baseline (without --layers, so the prompts come
+    from cached vision features), on small tasks with a two-point probe grid; its vision forwards counted."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from spatialbench.cli import app
+
     tmp = tmp_path_factory.mktemp("joint-run")
+    tasks = write_small_tasks(tmp / "tasks")
+    for name in ("small_relation", "small_grid"):
+        spec = yaml.safe_load((tasks / f"{name}.yaml").read_text())
+        spec["probe"]["lr"] = [3e-4, 1e-3]
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     original = Blip2Adapter.vision_features
 
     def counting(self, pixel_values):
@@ -42,39 +46,45 @@ def both_run(tmp_path_factory) -> tuple[Runner, RunResult]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Blip2Adapter, "vision_features", counting)
-        return _run(write_small_tasks(tmp / "tasks"), tmp, control=True, mdl=True)
+        out = CliRunner().invoke(app, [*BOTH, "--include-path", str(tasks), "--output", str(tmp / "out"),
+                                       "--cache-dir", str(tmp / "cache")], env={"COLUMNS": "120"})
+    assert out.exit_code == 0, out.output
+    return out.output, read_results(tmp / "out" / "blip2-tiny" / "results.json")
 
 
-def test_both_regimes_baselines_control_and_the_gap_are_reported(both_run):
-    runner, result = both_run
+def test_both_regimes_baselines_control_and_the_gap_are_reported(golden_run):
+    result = RunResult.model_validate(golden_run.result)
     assert result.regimes == ["frozen", "joint"] and result.baselines == ALL_BASELINES
-    assert result.resampler_lr == [1e-3]  # the flag's, recorded with the results
+    assert result.resampler_lr == [3e-4, 1e-3]  # the card's grid, recorded with the results
     assert result.joint_training.resampler_mode == "train" and result.joint_training.mixed_precision == "no"
+    classes = {"golden_grid": 9, "golden_relation": 4, "golden_vsr": 2}  # a 3 x 3 grid; four relations; true/false
     for name, task in result.tasks.items():
         assert task.status == "ok", task.error
-        assert set(task.conditions) == {"frozen", "joint", *ALL_BASELINES}
+        assert {"frozen", "joint", *ALL_BASELINES} <= set(task.conditions)
         gap = task.comparisons["joint_vs_frozen"]
         frozen, joint = (task.conditions[c].metrics[task.headline].mean for c in ("frozen", "joint"))
         assert abs(gap.diff - (joint - frozen)) < 1e-9 and gap.ci95[0] <= gap.diff <= gap.ci95[1]
         assert 0.0 < gap.p_value <= 1.0
-        explicit = name == "small_grid"
+        explicit = name != "golden_vsr"  # a VSR caption has no target of its own to shuffle into a control
         for regime in ("frozen", "joint"):
             cond = task.conditions[regime]
             assert (cond.control is not None) == explicit and (cond.selectivity is not None) == explicit
             if explicit:
                 assert abs(cond.selectivity.diff - (cond.metrics[task.headline].mean - cond.control.mean)) < 1e-9
-            classes = 9 if explicit else 2  # a 3 x 3 grid; true / false
-            assert cond.mdl.uniform_bits == pytest.approx(task.n["train"] * math.log2(classes))
-            assert cond.mdl.compression == pytest.approx(cond.mdl.uniform_bits / cond.mdl.codelength_bits)
+            if name in classes:  # MDL codes class labels; the box task has none
+                assert cond.mdl.uniform_bits == pytest.approx(task.n["train"] * math.log2(classes[name]))
+                assert cond.mdl.compression == pytest.approx(cond.mdl.uniform_bits / cond.mdl.codelength_bits)
+            else:
+                assert cond.mdl is None
         assert all(task.conditions[b].mdl is None for b in ALL_BASELINES)  # MDL is per regime
         assert task.metrics == task.conditions["frozen"].metrics  # the headline stays the frozen regime
-    assert read_results(runner.results_path) == result
+    assert read_results(golden_run.runner.results_path) == result
 
 
-def test_every_joint_fit_starts_from_the_checkpoints_resampler(both_run):
-    runner, result = both_run
+def test_every_joint_fit_starts_from_the_checkpoints_resampler(golden_run):
+    runner, result = golden_run.runner, RunResult.model_validate(golden_run.result)
     starts = [d for t in result.tasks.values() for d in t.conditions["joint"].resampler_start]
-    assert len(starts) == 2 * 2 and len(set(starts)) == 1  # two tasks x two seeds, one starting point
+    assert len(starts) == 4 * 2 and len(set(starts)) == 1  # four tasks x two seeds, one starting point
     runner.snapshot.restore()
     assert starts[0] == runner.snapshot.digest()
 
@@ -157,21 +167,21 @@ def test_the_vision_encoder_runs_once_per_image_per_run(both_run):
     assert result.extraction.extracted == result.extraction.prompts  # prompts came from cached vision features
 
 
-def test_version_1_results_still_read(both_run, tmp_path):
-    runner, result = both_run
+def test_version_1_results_still_read(golden_run, tmp_path):
+    import json
+
+    result = RunResult.model_validate(golden_run.result)
     v1 = result.model_dump(mode="json")
     v1["schema_version"] = 1
-    for key in ("regimes", "baselines", "resampler_lr"):
+    for key in ("regimes", "baselines", "resampler_lr", "layers"):
         v1.pop(key)
     v1["extraction"].pop("vision_extracted")
     for task in v1["tasks"].values():
         task.pop("conditions"), task.pop("comparisons")
     path = tmp_path / "v1.json"
-    import json
-
     path.write_text(json.dumps(v1))
     old = read_results(path)
-    assert old.schema_version == 1 and old.tasks["small_vsr"].metrics == result.tasks["small_vsr"].metrics
+    assert old.schema_version == 1 and old.tasks["golden_vsr"].metrics == result.tasks["golden_vsr"].metrics
 
 
 def test_the_resampler_trains_with_its_dropout_on_unless_the_card_keeps_eval_mode(small_tasks, tmp_path):
@@ -231,24 +241,9 @@ def test_joint_random_and_random_resampler_start_from_the_models_own_init_drawn_
     snapshot.restore()
 
 
-def test_joint_random_and_every_comparison_with_holm_and_the_selected_lrs_are_reported(small_tasks, tmp_path):
+def test_joint_random_and_every_comparison_with_holm_and_the_selected_lrs_are_reported(both_run):
     """The issue's command, on small tasks with a two-point probe grid: run --regime both."""
-    import yaml
-    from typer.testing import CliRunner
-
-    from spatialbench.cli import app
-
-    for name in ("small_relation", "small_grid"):
-        spec = yaml.safe_load((small_tasks / f"{name}.yaml").read_text())
-        spec["probe"]["lr"] = [3e-4, 1e-3]
-        (small_tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "run", "--model", "blip2-tiny", "--tasks", "small_relation,small_grid", "--regime", "both", "--seeds", "2",
-        "--include-path", str(small_tasks), "--device", "cpu", "--output", str(out), "--cache-dir",
-        str(tmp_path / "cache"), "--no-control", "--resampler-lr", "1e-3"], env={"COLUMNS": "120"})
-    assert result.exit_code == 0, result.output
-    run = read_results(out / "blip2-tiny" / "results.json")
+    output, run = both_run
     assert run.baselines == ["blind", "oracle", "random_resampler", "vision_patches", "joint_random"]
     family = []
     for task in run.tasks.values():
@@ -272,4 +267,4 @@ def test_joint_random_and_every_comparison_with_holm_and_the_selected_lrs_are_re
     from spatialbench.stats.bootstrap import holm
 
     assert [c.p_holm for t in run.tasks.values() for c in t.comparisons.values()] == pytest.approx(holm(family))
-    assert "joint - joint_random" in result.output and "Holm" in result.output
+    assert "joint - joint_random" in output and "Holm" in output
