@@ -236,7 +236,7 @@ def fit(
     if encoder is not None:
         groups += encoder.param_groups(encoder_lr or lr, spec.weight_decay)
     groups = [g for g in groups if g["params"]]
-    optimiser = torch.optim.AdamW(groups)
+    optimiser = torch.optim.AdamW(groups, foreach=True)  # one kernel per step for all tensors: the probes are many small ones
     train = inputs.splits["train"]
     steps = spec.epochs * math.ceil(len(train) / spec.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(steps, spec.warmup))
