@@ -62,8 +62,8 @@ class Resampling:
         return np.stack(scores)[picks, np.arange(self.n_boot)[:, None]].mean(axis=1)
 
     def rescored(self, score: Callable[[int, np.ndarray], float], n_seeds: int) -> np.ndarray:
-        """Replicates of a metric that is not a mean of per-item scores (macro F1): score(seed, items) is
-        recomputed on each replicate's items, for each drawn seed."""
+        """Replicates of a metric that is neither a mean of per-item scores nor a Counted one (a callable):
+        score(seed, items) is recomputed on each replicate's items, for each drawn seed."""
         members = [np.flatnonzero(self.inv == c) for c in range(self.n_clusters)]
         picks = self.seed_picks(n_seeds)
         reps = np.empty(self.n_boot)

@@ -163,6 +163,12 @@ def test_macro_f1_bootstrap_from_summed_counts_gives_the_replicates_rescoring_gi
         rescored = cluster_bootstrap_ci(lambda p, t: macro_f1(p, t), preds, y, clusters, n_boot=n_boot, seed=seed)
         assert counted == pytest.approx(rescored, abs=1e-12)
         assert counted[0] < counted[1]
+    from spatialbench.stats.paired import paired_bootstrap
+
+    other = [np.roll(p, 7) for p in preds[:2]]
+    counted = paired_bootstrap("macro_f1", preds, other, y, clusters, n_boot=200, seed=1)
+    rescored = paired_bootstrap(lambda p, t: macro_f1(p, t), preds, other, y, clusters, n_boot=200, seed=1)
+    assert counted.ci95 == pytest.approx(rescored.ci95, abs=1e-12) and counted.p_value == rescored.p_value
 
 
 def test_bootstrap_reads_seeds_a_ci_widens_when_seeds_disagree():
