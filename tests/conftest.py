@@ -1,12 +1,26 @@
-"""Every test runs offline, with one throwaway cache per session (tiny checkpoints are built once)."""
+"""Every test runs offline, with one throwaway cache per session (tiny checkpoints are built once).
+
+The suite runs in two worker processes (pytest-xdist, `-n 2 --dist loadfile` in pyproject.toml; `-n 0` runs it
+in one): most tests are single-threaded Python, so one process leaves a core idle. A file's tests share a worker,
+so its module fixtures are made once; the golden run is made once in each worker that reads it.
+"""
 
 import os
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Before torch is imported: two workers with two compute threads each on two cores spend their time
+    # waiting on each other (the suite took twice as long). Subprocesses inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # xdist sets an 80-column terminal in its workers; rich would fix that width when the CLI's consoles are
+    # made, and the tests that ask for a wider one through COLUMNS would wrap.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
-from tests.helpers import write_small_tasks
-from tests.helpers.golden import GoldenRun, golden_config
+import pytest  # noqa: E402
+
+from tests.helpers import write_small_tasks  # noqa: E402
+from tests.helpers.golden import GoldenRun, golden_config  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

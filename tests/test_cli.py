@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, listings, validation messages, exit codes."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -79,13 +80,14 @@ def test_unknown_model_and_task_fail_with_suggestions(tmp_path):
     assert result.exit_code == 2 and "synth_vsr" in result.output
 
 
-def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp_path):
+def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp_path, monkeypatch):
     (small_tasks / "broken.yaml").write_text(
         "name: broken\nkind: relation\ngroups: [small]\n"
         "dataset: {source: synthetic, image_size: 64, sizes: {train: 0, validation: 4, test: 4}}\n"
     )
     args = ["run", "--model", "blip2-tiny", "--tasks", "small_relation,broken", "--seeds", "1", "--device", "cpu",
             "--include-path", str(small_tasks), "--output", str(tmp_path / "out"), "--baselines", "none", "--no-control"]
+    monkeypatch.setattr("sys.argv", ["/usr/bin/spatialbench", *args])  # what the user typed, as the script sees it
     result = cli.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
     assert "small_relation" in result.output and "failed" in result.output
@@ -93,7 +95,7 @@ def test_run_prints_a_table_and_exits_nonzero_when_a_task_fails(small_tasks, tmp
     saved = json.loads((tmp_path / "out" / "blip2-tiny" / "results.json").read_text())
     assert saved["tasks"]["small_relation"]["status"] == "ok"
     assert saved["tasks"]["broken"]["status"] == "failed"
-    assert saved["command"].startswith("spatialbench ")
+    assert saved["command"] == shlex.join(["spatialbench", *args])
 
 
 def test_installed_wheel_ships_tasks_and_cards(tmp_path):
