@@ -176,6 +176,14 @@ class SplitSize(Strict):
     images: int = Field(ge=0, description="distinct images (an upper bound where the task filters them)")
 
 
+class ImagePool(Strict):
+    """The image collection a task draws from, for `spatialbench plan`: the store keeps an image once however
+    many tasks read it, so the tasks of one pool need at most `images` of cache between them."""
+
+    name: str = Field(description="e.g. coco2017; tasks that name the same pool share its images")
+    images: int = Field(ge=1, description="the pool's size: the most images its tasks can read between them")
+
+
 class TaskSpec(Strict):
     """One probe task, as declared in tasks/*.yaml."""
 
@@ -194,6 +202,8 @@ class TaskSpec(Strict):
     metrics: list[str] = Field(default_factory=list)
     documented_size: dict[SplitName, SplitSize] | None = Field(
         None, description="per split, as the dataset's paper or release gives it (for `spatialbench plan`)")
+    image_pool: ImagePool | None = Field(
+        None, description="the image collection the documented sizes draw from (for `spatialbench plan`)")
 
     @model_validator(mode="after")
     def _resolve_target_and_metrics(self) -> TaskSpec:

@@ -233,12 +233,35 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         if task.implicit:  # one batch of frozen query embeddings (the LLM's width: the projected prompt's)
             training += 4 * batch * QUERY_TOKENS * geo.shapes.get("projected", geo.shapes[point])[1] * 4
         plan.peak_bytes = base + (weights or 0) + max(extraction, training)
-    ok = [p for p in plans if p.error is None]
-    counted = {kind: len(set().union(*(p.shared[kind] for p in ok if p.shared)))
-               + sum(getattr(p, kind) for p in ok if not p.shared) for kind in ("images", "prompts")}
+    ok = [(t, p) for t, p in zip(tasks, plans) if p.error is None]
+    counted = {kind: len(set().union(*(p.shared[kind] for _, p in ok if p.shared))) + _documented(ok, kind)
+               for kind in ("images", "prompts")}
+    ok = [p for _, p in ok]
     total = {**counted, "cache_bytes": cache_bytes(counted["prompts"], counted["images"]),
              "fits": sum(p.fits for p in ok), "peak_bytes": max((p.peak_bytes for p in ok), default=base)}
     return Plan(card.name, plans, base, weights, total)
+
+
+def _documented(planned: list[tuple[TaskSpec, TaskPlan]], kind: str) -> int:
+    """Images or prompts of the tasks sized from their documentation, counted as the store keeps them: the tasks
+    of one image pool share at most the pool's images (a prompt that is the image alone counts as one), and
+    the rest are summed."""
+    pools: dict[str, tuple[int, int]] = {}  # name -> (the pool's size, its tasks' sum)
+    total = 0
+    for task, plan in planned:
+        if plan.shared:
+            continue
+        pool = task.image_pool
+        if pool is None or (kind == "prompts" and plan.prompts != plan.images):
+            total += getattr(plan, kind)
+            continue
+        size, summed = pools.get(pool.name, (pool.images, 0))
+        if size != pool.images:
+            raise SpatialbenchError(f"task '{task.name}' gives image pool '{pool.name}' {pool.images:,} images, "
+                                    f"another task {size:,}", field="image_pool.images",
+                                    fix="give the pool one size in every task that names it")
+        pools[pool.name] = (size, summed + getattr(plan, kind))
+    return total + sum(min(size, summed) for size, summed in pools.values())
 
 
 def table(plan: Plan, width: int = 80) -> str:
@@ -256,5 +279,6 @@ def table(plan: Plan, width: int = 80) -> str:
     lines += ["-" * len(head), f"{'total':<22} {'':<11} {total['images']:>8,} {total['prompts']:>8,} "
               f"{gb(total['cache_bytes']):>10} {total['fits']:>5} {gb(total['peak_bytes']):>10}",
               "cache: what the run adds to an empty cache; the total counts an image shared by",
-              "tasks once (documented sizes are summed). Peak RAM: the run's (task by task)."]
+              "tasks once (documented sizes: at most their image pool's size). Peak RAM: the",
+              "run's (task by task)."]
     return "\n".join(lines)

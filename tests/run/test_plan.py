@@ -14,7 +14,7 @@ from spatialbench.adapters.base import check_declared
 from spatialbench.cli import app
 from spatialbench.adapters.families import get_family
 from spatialbench.errors import SpatialbenchError
-from spatialbench.registry import ModelRegistry
+from spatialbench.registry import ModelRegistry, TaskRegistry
 from tests.helpers import DATA
 from tests.helpers.golden import ARGS
 
@@ -41,8 +41,30 @@ def test_plan_for_blip2_on_every_task_prints_its_table_offline_before_any_downlo
     assert set(rows) == {"coco_region", "refcocog_umd", "vsr_random", "synth_vsr", "total"}
     assert rows["coco_region"][1] == "documented" and rows["synth_vsr"][1] == "synthetic"
     assert rows["refcocog_umd"][2] == "25,799"  # 21,899 + 1,300 + 2,600 images, as the task documents them
+    # The store keeps an image once, whichever tasks read it: the COCO and VSR tasks share COCO 2017's 123,287
+    # images, the RefCOCO family COCO train2014's 82,783, and the synthetic tasks their 2,400 scenes.
+    assert rows["total"][1] == f"{123_287 + 82_783 + 2_400:,}"
     assert "weights 4.55 GB" in lines[0]  # 1.22e9 declared parameters in float32
     assert not hub.exists() and not cache.exists()  # nothing downloaded, built or extracted
+
+
+def test_tasks_of_one_image_pool_share_at_most_its_images_and_a_pool_has_one_size():
+    from spatialbench.run.plan import TaskPlan, _documented
+    from spatialbench.specs import ImagePool
+
+    registry = TaskRegistry()
+    pooled = lambda name, size: registry.get(name).model_copy(update={"image_pool": ImagePool(name="p", images=size)})
+    unpooled = registry.get("vsr_zeroshot").model_copy(update={"image_pool": None})
+    planned = [(pooled("refcoco_unc", 100), TaskPlan("a", "documented", images=70, prompts=70)),
+               (pooled("refcocog_umd", 100), TaskPlan("b", "documented", images=60, prompts=60)),
+               (unpooled, TaskPlan("c", "documented", images=5, prompts=5))]
+    assert _documented(planned, "images") == 100 + 5
+    assert _documented(planned[:1] + planned[2:], "images") == 70 + 5  # under the pool's size: the task's own
+    planned[1][1].prompts = 90  # prompts that read the query text are one per (image, text): summed
+    assert _documented(planned, "prompts") == 70 + 90 + 5
+    with pytest.raises(SpatialbenchError, match="image pool 'p'") as e:
+        _documented([planned[0], (pooled("refcocog_umd", 99), planned[1][1])], "images")
+    assert e.value.field == "image_pool.images"
 
 
 def test_plan_counts_a_real_dataset_where_it_is_on_disk(tmp_path):
