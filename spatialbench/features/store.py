@@ -25,13 +25,23 @@ from ..adapters.base import Adapter
 from ..adapters.layers import reads_image_only
 from ..atomic import atomic_write
 from .decode import Decoded, ImageLoader, batches_in_order
-from .shards import FORMAT, BadShard, Reader, Shard, ShardWriter, checksum, write_shard
+from .shards import ENTRY_ROOM, FORMAT, BadShard, Reader, Shard, ShardWriter, checksum, write_shard
 
 Request = tuple[str, "str | None", ImageLoader]  # (image content key, text the resampler reads, loader)
 SHARD_BYTES = 256 * 2**20  # a shard is closed once this much is in it (at most SHARD_ROWS rows: the header's room)...
 SHARD_ROWS = 4096
 SHARD_SECONDS = 60.0  # ...or this long after it was opened, so a crash loses at most a minute of extraction
 MAX_PENDING = 4  # batches handed to the writer thread and not yet on disk: the memory extraction may hold
+
+
+def disk_bytes(rows: int, row_bytes: int) -> int:
+    """On-disk bytes of `rows` entries written in one extraction: the data plus each shard's header room."""
+    if rows == 0:
+        return 0
+    per_shard = max(1, min(SHARD_ROWS, SHARD_BYTES // row_bytes))
+    full, rest = divmod(rows, per_shard)
+    room = lambda n: 8 + 512 + ENTRY_ROOM * n  # noqa: E731 - a partial shard is copied compactly
+    return rows * row_bytes + full * room(per_shard) + (room(rest) if rest else 0)
 
 
 def digest(*parts: str) -> str:
@@ -161,6 +171,17 @@ class FeatureStore:
             self.recomputed += 1
             self._lost.discard(key)
         return False
+
+    def bytes_to_add(self, items: Iterable[Request]) -> int:
+        """What extracting these would add to the disk: the entries not in the index yet (unchecked: a corrupt
+        entry found later is rewritten in place of its bytes' worth)."""
+        self._scan()
+        keys = {self.key(content_key, text) for content_key, text, _ in items}
+        missing = sum(1 for k in keys if k not in self._checked and k not in self._candidates)
+        row = torch.empty((), dtype=self.dtype).element_size()
+        for s in self.shape:
+            row *= s
+        return disk_bytes(missing, row)
 
     # -- extraction -------------------------------------------------------------------------------------------
 

@@ -27,8 +27,7 @@ from ..adapters.layers import select as select_layers
 from ..data.examples import TaskData
 from ..data.sources import DataContext, load_task_data
 from ..errors import SpatialbenchError
-from ..features.shards import ENTRY_ROOM
-from ..features.store import MAX_PENDING, SHARD_BYTES, SHARD_ROWS
+from ..features.store import MAX_PENDING, disk_bytes
 from ..probing import conditions
 from ..probing.cells import task_cells
 from ..registry import TaskRegistry
@@ -68,16 +67,6 @@ def geometry(card: ModelCard, point: str) -> Geometry:
     raise SpatialbenchError(f"card '{card.name}' declares no shapes, so the run cannot be sized before its checkpoint "
                             "is loaded", field="declares",
                             fix="add `declares: {shapes: {projected: [Q, D], ...}, extraction_parameters: N}` to the card")
-
-
-def _shard_bytes(rows: int, row_bytes: int) -> int:
-    """On-disk bytes of `rows` entries written in one extraction: the data plus each shard's header room."""
-    if rows == 0:
-        return 0
-    per_shard = max(1, min(SHARD_ROWS, SHARD_BYTES // row_bytes))
-    full, rest = divmod(rows, per_shard)
-    room = lambda n: 8 + 512 + ENTRY_ROOM * n  # noqa: E731 - a partial shard is copied compactly
-    return rows * row_bytes + full * room(per_shard) + (room(rest) if rest else 0)
 
 
 @dataclass
@@ -205,10 +194,10 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
     def cache_bytes(prompts: int, images: int) -> int:
         """What one extraction of these adds: prompts in one store, vision features in the other (LLaVA: one),
         and a store per layer (keyed by image before the resampler, as the prompt after it)."""
-        out = _shard_bytes(prompts, geo.row_bytes(stored)) if not (uses_vision and stored == "vision_patches") else 0
+        out = disk_bytes(prompts, geo.row_bytes(stored)) if not (uses_vision and stored == "vision_patches") else 0
         for layer, (q, d) in layers.items():
-            out += _shard_bytes(images if reads_image_only(layer) else prompts, q * d * geo.element)
-        return out + (_shard_bytes(images, vision_row) if uses_vision else 0)
+            out += disk_bytes(images if reads_image_only(layer) else prompts, q * d * geo.element)
+        return out + (disk_bytes(images, vision_row) if uses_vision else 0)
 
     plans, objects = [], {}
     for task in tasks:

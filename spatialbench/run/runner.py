@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, Tas
 from ..specs import RunConfig, TaskSpec
 from ..stats.bootstrap import holm
 from .devices import resolve_device, resolve_precision
-from .plan import estimate, run_tasks
+from .plan import estimate, gb, run_tasks
 from .report import Reporter
 
 
@@ -135,10 +136,13 @@ class Runner:
                 loaded[task.name] = (data, time.perf_counter() - start)
             except Exception as e:  # a task whose data fails is reported; the others still run
                 result.tasks[task.name] = self._failed(task, e)
-        self._save(result)
         self._plan_summary({name: data for name, (data, _) in loaded.items()})
         requests = {name: feature_requests(self._task(name), data, adapter) for name, (data, _) in loaded.items()}
-        result.extraction = self._extract(store, vision, [r for reqs in requests.values() for r in reqs], layers)
+        every = [r for reqs in requests.values() for r in reqs]
+        self._check_disk([store, *([vision] if vision is not None and vision is not store else []),
+                          *layers.values()], every)  # before the results file is touched
+        self._save(result)
+        result.extraction = self._extract(store, vision, every, layers)
         failed = {**store.failed, **(vision.failed if vision else {})}
         for name, reqs in requests.items():  # a task with an unreadable image fails; the others go on
             broken = sorted({failed[k] for k, _, _ in reqs if k in failed})
@@ -168,6 +172,20 @@ class Runner:
             self.reporter.info(estimate(self.config, tasks, self.card, loaded, self.layer_shapes).summary())
         except SpatialbenchError as e:
             self.reporter.info(f"plan: not available ({str(e).splitlines()[0]})")
+
+    def _check_disk(self, stores: list[FeatureStore], requests: list) -> None:
+        """Refuse before any extraction when the features this run adds to the cache will not fit its disk."""
+        needed = sum(s.bytes_to_add(requests) for s in stores)
+        where = self.cache_dir
+        while not where.exists():  # a cache not made yet lands on its nearest existing parent's disk
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if needed > free:
+            raise SpatialbenchError(
+                f"the features this run adds to the cache need {gb(needed)} ({needed:,} bytes), and the disk "
+                f"holding {self.cache_dir} has {gb(free)} ({free:,} bytes) free", field="--cache-dir",
+                fix="pass --cache-dir (or set $SPATIALBENCH_CACHE) on a disk with room, run fewer tasks, or free "
+                    "space there; `spatialbench plan` gives each task's share")
 
     def _failed(self, task: TaskSpec, error: Exception) -> TaskResult:
         text = str(error) if isinstance(error, SpatialbenchError) else f"{type(error).__name__}: {error}"

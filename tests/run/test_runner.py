@@ -127,3 +127,39 @@ def test_a_rerun_whose_numbers_are_not_comparable_is_refused_and_the_file_kept(s
         _run(small_tasks, out, tasks="small_vsr", seeds=2)
     assert "seeds: [0] there, [0, 1] now" in str(err.value) and "--output" in err.value.fix
     assert runner.results_path.read_bytes() == before
+
+
+def test_a_cache_on_a_disk_too_small_for_the_features_is_refused_before_any_work(small_tasks, tmp_path):
+    """A 1 MB tmpfs, mounted in a mount namespace of the run's own (unshare: root or not, nothing to clean
+    up): the tiny checkpoint (about 430 KB) is built there, and the features of 1,000 scenes (about 1.7 MB)
+    would not fit."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = yaml.safe_load((small_tasks / "small_relation.yaml").read_text())
+    spec["name"] = "many_scenes"
+    spec["dataset"]["sizes"] = {"train": 800, "validation": 100, "test": 100}
+    (small_tasks / "many_scenes.yaml").write_text(yaml.safe_dump(spec))
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    run = [str(Path(sys.executable).parent / "spatialbench"), "run", "--model", "blip2-tiny", "--tasks", "many_scenes",
+           "--include-path", str(small_tasks), "--seeds", "1", "--baselines", "none", "--no-control", "--device", "cpu",
+           "--cache-dir", str(disk / "cache"), "--output", str(out)]
+    script = f"mount -t tmpfs -o size=1m tmpfs {disk} && exec {' '.join(run)}"
+    assert shutil.which("unshare"), "util-linux's unshare is needed (apt-get install util-linux)"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    message = " ".join(done.stderr.split())
+    assert "the features this run adds to the cache need" in message and "MB" in message
+    assert f"{disk / 'cache'}" in message and "free" in message and "--cache-dir" in message
+    assert not (out / "blip2-tiny" / "results.json").exists()  # refused before the results file was written
+    # Where there is room, the same run goes ahead.
+    done = subprocess.run(run[:run.index("--cache-dir")] + ["--cache-dir", str(tmp_path / "cache"), "--output", str(out),
+                                                            "--limit", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
