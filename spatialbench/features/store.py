@@ -173,8 +173,8 @@ class FeatureStore:
         return False
 
     def bytes_to_add(self, items: Iterable[Request]) -> int:
-        """What extracting these would add to the disk: the entries not in the index yet (unchecked: a corrupt
-        entry found later is rewritten in place of its bytes' worth)."""
+        """What extracting these would add to the disk: the entries the index lacks. Counted from the shards'
+        headers, no row read, so an entry found corrupt during extraction (written again) is not counted."""
         self._scan()
         keys = {self.key(content_key, text) for content_key, text, _ in items}
         missing = sum(1 for k in keys if k not in self._checked and k not in self._candidates)
