@@ -20,7 +20,7 @@ Figures (NAME for --only):
                 own ceiling), 2 decoding workers / none (>= 1.6 on 2 cores)
   memory        peak RSS of extracting 10N images / of N images (<= 1.10)
   cache         bytes per image each shipped real card caches: its prompt vs the cheapest tensor on its path
-                (Adapter.cached_as), from the shapes the card declares and its dtype (after <= before)
+                (Adapter.cached_as), from the shapes the card declares and the dtype its cache keeps (after <= before)
   training      peak RSS of training (frozen, joint and every baseline, warm cache) on 10N images / on N (<= 1.2)
   realsize      peak RSS loading real-size blip2-opt-2.7b for extraction / fp32 bytes of vision, Q-Former,
                 queries and projection (<= 1.3); runs only with --real-size (writes ~15.5 GB to disk and deletes it)
@@ -244,6 +244,7 @@ class Bench:
 
     def cache_bytes(self) -> None:
         from spatialbench.adapters.families import get_family
+        from spatialbench.run.devices import resolve_stored_dtype
         from spatialbench.run.plan import geometry
         from spatialbench.registry import ModelRegistry
 
@@ -253,11 +254,13 @@ class Bench:
             card = registry.get(name)
             if card.checkpoint.startswith("tiny:") or card.declares is None:
                 continue
-            family, geo = get_family(card.family), geometry(card, card.point)
+            dtype = resolve_stored_dtype(card.stored_dtype, card.dtype, "cpu")
+            family, geo = get_family(card.family), geometry(card, card.point, dtype)
             stored = family.cached_as.get(card.point, (card.point, ""))[0]
             stored = stored if stored in family.points else card.point
-            cards[name] = {"point": card.point, "stored": stored, "before": geo.row_bytes(card.point),
-                           "after": geo.row_bytes(stored), "vision_patches": geo.row_bytes("vision_patches")}
+            cards[name] = {"point": card.point, "stored": stored, "stored_dtype": dtype,
+                           "before": geo.row_bytes(card.point), "after": geo.row_bytes(stored),
+                           "vision_patches": geo.row_bytes("vision_patches")}
         ok = all(c["after"] <= c["before"] for c in cards.values())
         smallest = min(c["after"] / c["before"] for c in cards.values())
         self.figures["cache_bytes_per_image"] = figure(round(smallest, 4), "after <= before", ok, cards=cards)

@@ -62,6 +62,13 @@ class ResamplerMode(str, Enum):
     eval = "eval"
 
 
+class Stored(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class Precision(str, Enum):
     auto = "auto"
     no = "no"
@@ -88,6 +95,10 @@ RUN_OPTIONS: dict[str, tuple[object, object]] = {  # name -> (annotation, defaul
     "mixed_precision": (Annotated[Precision, typer.Option(
         help="training precision of the probe and, in the joint regime, the resampler (accelerate); auto: bf16 "
              "autocast on a GPU that supports it, none on CPU")], Precision.auto),
+    "stored_dtype": (Annotated[Optional[Stored], typer.Option(
+        help="the dtype the feature cache keeps prompts in; auto: 16-bit (the card's dtype where it is 16-bit, "
+             "else bf16, or fp16 on a GPU without bf16); float32 doubles the cache [default: the card's "
+             "stored_dtype, auto]")], None),
     "point": (Annotated[Optional[Point], typer.Option(
         help="override the card's extraction point; vision_patches probes the pre-resampler patch tokens")], None),
     "trust_remote_code": (Annotated[bool, typer.Option(

@@ -52,6 +52,7 @@ def _grid(value: Any) -> Any:
 
 
 # A learning rate or a grid of them, written as one number or a list; always a list once read.
+StoredDtype = Literal["auto", "float32", "bfloat16", "float16"]
 LrGrid = Annotated[list[Annotated[float, Field(gt=0.0)]], BeforeValidator(_grid), Field(min_length=1)]
 
 
@@ -251,6 +252,9 @@ class ModelCard(Strict):
     checkpoint: str = Field(description="Hub id, local directory, or tiny:<name> for a model built in code")
     revision: str = "main"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    stored_dtype: StoredDtype = Field(
+        "auto", description="the dtype the feature cache keeps prompts in: auto is the card's dtype where that is "
+        "16-bit, else bfloat16 (float16 on a GPU without bf16); float32 keeps full precision at twice the disk")
     point: Literal["resampler", "projected", "vision_patches"] = Field(
         "projected", description="extraction point: LLM input, raw resampler output, or pre-resampler patches"
     )
@@ -287,6 +291,8 @@ class RunConfig(Strict):
     include_paths: list[Path] = Field(default_factory=list)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, none on CPU")
+    stored_dtype: StoredDtype | None = Field(None, description="the feature cache's dtype [default: the card's "
+                                             "stored_dtype]")
     point: Literal["resampler", "projected", "vision_patches"] | None = Field(
         None, description="override the card's extraction point (vision_patches: the pre-compression baseline)"
     )

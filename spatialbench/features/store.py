@@ -1,9 +1,8 @@
 """Visual prompts, extracted once per unique image and cached on disk in shards (see shards.py).
 
 An entry's key is a digest of the adapter fingerprint (checkpoint, revision or content, extraction
-point, dtype), the image content and, where the resampler reads text (InstructBLIP), the text, so a
-changed checkpoint, image or instruction can never hit a stale entry. Entries are kept in the
-extraction dtype and written a shard at a time by a background thread, with one fsync per shard;
+point, dtype), the dtype the store keeps (16-bit by default in a run), the image content and, where the resampler reads text (InstructBLIP), the text, so a
+changed checkpoint, dtype, image or instruction can never hit a stale entry. Entries are written a shard at a time by a background thread, with one fsync per shard;
 every row is checked against its checksum before it is reused, and a bad one is extracted again.
 """
 
@@ -25,7 +24,7 @@ from ..adapters.base import Adapter
 from ..adapters.layers import reads_image_only
 from ..atomic import atomic_write
 from .decode import Decoded, ImageLoader, batches_in_order
-from .shards import ENTRY_ROOM, FORMAT, BadShard, Reader, Shard, ShardWriter, checksum, write_shard
+from .shards import ENTRY_ROOM, FORMAT, NAMES, BadShard, Reader, Shard, ShardWriter, checksum, write_shard
 
 Request = tuple[str, "str | None", ImageLoader]  # (image content key, text the resampler reads, loader)
 SHARD_BYTES = 256 * 2**20  # a shard is closed once this much is in it (at most SHARD_ROWS rows: the header's room)...
@@ -103,14 +102,19 @@ class FeatureStore:
     """The on-disk cache of one adapter's visual prompts; counts what it extracts and reuses."""
 
     def __init__(self, adapter: Adapter, cache_dir: Path, batch_size: int = 32, point: str | None = None,
-                 workers: int = 0, shard_bytes: int = SHARD_BYTES):
+                 workers: int = 0, shard_bytes: int = SHARD_BYTES, dtype: torch.dtype | None = None):
+        """`dtype`: what the entries are kept in (default the adapter's: extraction's own precision)."""
         self.adapter, self.batch_size, self.point = adapter, batch_size, point or adapter.point
         self.workers, self.shard_bytes = workers, shard_bytes
         with adapter.at_point(self.point):
             fingerprint, self.shape = adapter.fingerprint(), tuple(adapter.prompt_shape)
-        self.dtype = adapter.dtype
+        self.dtype = dtype or adapter.dtype
         self.reads_text = adapter.reads_text and not reads_image_only(self.point)  # else an entry is keyed by image
-        self.model_key = digest(fingerprint)[:20]
+        stored = NAMES[self.dtype]
+        # The fingerprint names the adapter's dtype; a store kept in it has the key caches had before 16-bit
+        # storage, so they stay valid (and the one-file-per-entry ones still migrate).
+        same = self.dtype == adapter.dtype
+        self.model_key = digest(fingerprint)[:20] if same else digest(fingerprint, f"stored {stored}")[:20]
         self.root = Path(cache_dir) / "features" / self.model_key
         self.shards = self.root / "shards"
         self.extracted = 0  # visual-prompt forward passes, one per image
@@ -125,7 +129,8 @@ class FeatureStore:
         self._lost: set[str] = set()  # keys of shards found broken
         about = self.root / "model.json"
         if not about.exists():
-            text = json.dumps({"fingerprint": fingerprint, "shape": list(self.shape), "format": FORMAT}, indent=2)
+            text = json.dumps({"fingerprint": fingerprint, "stored_dtype": stored, "shape": list(self.shape),
+                               "format": FORMAT}, indent=2)
             atomic_write(about, lambda p: p.write_text(text))
         self._migrate()
 
@@ -239,7 +244,8 @@ class FeatureStore:
                 texts = None if texts[0] is None else texts
                 with torch.no_grad():
                     if vision is not None:
-                        features = vision.rows([(todo[k][2], None) for k in batch])[:].to(self.adapter.device)
+                        features = vision.rows([(todo[k][2], None) for k in batch])[:]
+                        features = features.to(self.adapter.device, self.adapter.dtype)  # stored in 16 bits
                         with self.adapter.at_point(self.point):
                             outs = {self.point: self.adapter.resample(features, texts)}
                     else:

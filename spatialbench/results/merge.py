@@ -7,7 +7,7 @@ conditions this run does not produce, when they were measured on the same data (
 fingerprint). What this run measures replaces the earlier number for the same condition.
 
 Numbers are only merged when they are comparable. If the file holds results of another checkpoint, point,
-geometry, seeds, limit, precision, data seed or joint-training recipe, the run is refused before any work,
+geometry, seeds, limit, precision, stored dtype, data seed or joint-training recipe, the run is refused before any work,
 with the differences named: write to another --output, or move the file away.
 """
 
@@ -20,7 +20,7 @@ from .schema import RunResult, TaskResult, read_results
 from ..specs import layer_order
 
 # Fields whose difference makes two runs' numbers incomparable.
-SAME = ("checkpoint", "point", "geometry", "seeds", "limit", "mixed_precision", "data_seed")
+SAME = ("checkpoint", "point", "geometry", "seeds", "limit", "mixed_precision", "stored_dtype", "data_seed")
 
 
 def previous(path: Path, result: RunResult) -> RunResult | None:

@@ -174,6 +174,8 @@ class RunResult(Strict):
         None, description="the joint regime's resampler learning rate(s), if it ran (a grid since schema 4)")
     joint_training: JointTraining | None = None
     mixed_precision: str | None = Field(None, description="the probes' (and a trained resampler's) autocast")
+    stored_dtype: str | None = Field(None, description="the dtype the feature cache kept the prompts in (None: "
+                                     "a run before 16-bit storage, which kept the card's dtype)")
     data_seed: int | None = Field(None, description="the synthetic scenes' seed, when --data-seed replaced the tasks'")
     limit: int | None = None
     limit_note: str | None = None

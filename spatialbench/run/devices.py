@@ -22,3 +22,15 @@ def resolve_precision(precision: str, device: str) -> str:
         return precision
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def resolve_stored_dtype(stored: str, card_dtype: str, device: str) -> str:
+    """The feature cache's dtype. auto: 16-bit, which halves a real run's cache (BLIP-2's vision patches are
+    1.45 MB an image in float32): the card's own dtype where it is 16-bit (no second rounding), else bf16,
+    or fp16 on a GPU without bf16 (whose reads and maps would otherwise run in emulation)."""
+    if stored != "auto":
+        return stored
+    if card_dtype in ("bfloat16", "float16"):
+        return card_dtype
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "float16" if cuda and not torch.cuda.is_bf16_supported() else "bfloat16"

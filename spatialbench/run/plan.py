@@ -2,7 +2,7 @@
 
 Shapes come from the card's `declares` (or, failing that, a config already on disk); dataset sizes from
 the annotations where they are on disk, else from the sizes each task documents. Per task: images,
-prompts, the cache bytes the run adds, the probe fits, and the peak RAM, estimated as
+prompts, the cache bytes the run adds (in the stored dtype), the probe fits, and the peak RAM, estimated as
 
     this process's own resident memory once every task's data is loaded and the card's transformers
     model code is imported (interpreter, torch, the libraries, the examples: a run holds all of them)
@@ -32,6 +32,7 @@ from ..probing import conditions
 from ..probing.cells import task_cells
 from ..registry import TaskRegistry
 from ..specs import ModelCard, RunConfig, TaskSpec, with_data_seed
+from .devices import resolve_stored_dtype
 
 QUERY_TOKENS = 32  # an implicit query's padded token count
 
@@ -47,23 +48,31 @@ class Geometry:
 
     shapes: dict[str, tuple[int, int]]
     parameters: int | None
-    element: int  # bytes per value in the card's dtype
+    element: int  # bytes per value in the card's dtype: the weights'
     source: str  # "card" or the config's path
+    stored: int = 4  # bytes per value the feature cache keeps
 
     def row_bytes(self, point: str) -> int:
+        """A cached row's bytes at `point`."""
         q, d = self.shapes[point]
-        return q * d * self.element
+        return q * d * self.stored
+
+    def values(self, point: str) -> int:
+        q, d = self.shapes[point]
+        return q * d
 
 
-def geometry(card: ModelCard, point: str) -> Geometry:
+def geometry(card: ModelCard, point: str, stored_dtype: str | None = None) -> Geometry:
+    """`stored_dtype`: the cache's, as resolved for the run (default: the card's dtype)."""
     element = torch.empty((), dtype=DTYPES[card.dtype]).element_size()
+    stored = torch.empty((), dtype=DTYPES[stored_dtype or card.dtype]).element_size()
     if card.declares is not None:
         shapes = {p: tuple(s) for p, s in card.declares.shapes.items()}
         missing = [p for p in (point, "vision_patches") if p not in shapes and p in get_family(card.family).points]
         if missing:
             raise SpatialbenchError(f"card '{card.name}' declares no shape for {missing}", field="declares.shapes",
                                     fix="add (tokens, width) for every extraction point of its family")
-        return Geometry(shapes, card.declares.extraction_parameters, element, "card")
+        return Geometry(shapes, card.declares.extraction_parameters, element, "card", stored)
     raise SpatialbenchError(f"card '{card.name}' declares no shapes, so the run cannot be sized before its checkpoint "
                             "is loaded", field="declares",
                             fix="add `declares: {shapes: {projected: [Q, D], ...}, extraction_parameters: N}` to the card")
@@ -90,6 +99,7 @@ class Plan:
     base_bytes: int
     weight_bytes: int | None
     total: dict[str, int] = field(default_factory=dict)  # images and prompts counted once across tasks
+    stored_dtype: str = "float32"  # what the cache keeps
 
     @property
     def ok(self) -> list[TaskPlan]:
@@ -101,7 +111,7 @@ class Plan:
     def to_json(self) -> dict:
         tasks = [{k: v for k, v in vars(t).items() if k != "shared"} for t in self.tasks]
         return {"model": self.model, "tasks": tasks, "base_bytes": self.base_bytes, "weight_bytes": self.weight_bytes,
-                "totals": self.total}
+                "totals": self.total, "stored_dtype": self.stored_dtype}
 
     def summary(self) -> str:
         t = self.totals()
@@ -182,21 +192,22 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
     layers = declared_layers(config, card) if layers is None else layers
     family = get_family(card.family)
     point = config.point or card.point
-    geo = geometry(card, point)
+    stored_dtype = resolve_stored_dtype(config.stored_dtype or card.stored_dtype, card.dtype, config.device)
+    geo = geometry(card, point, stored_dtype)
     stored = family.cached_as.get(point, (point, ""))[0]
     stored = stored if stored in family.points else point  # as Adapter.stored_point
     reads_text = family.reads_text and card.options.get("text_conditioning", True) and point != "vision_patches"
     uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
     weights = geo.parameters * geo.element if geo.parameters is not None else None
     ctx = DataContext.from_flags(config.data_dir, config.coco_root)
-    prompt_row = geo.row_bytes(point) // geo.element * 4  # what the probe reads, float32
+    prompt_row = geo.values(point) * 4  # what the probe reads, float32
     vision_row = geo.row_bytes("vision_patches") if "vision_patches" in geo.shapes else 0
     def cache_bytes(prompts: int, images: int) -> int:
         """What one extraction of these adds: prompts in one store, vision features in the other (LLaVA: one),
         and a store per layer (keyed by image before the resampler, as the prompt after it)."""
         out = disk_bytes(prompts, geo.row_bytes(stored)) if not (uses_vision and stored == "vision_patches") else 0
         for layer, (q, d) in layers.items():
-            out += disk_bytes(images if reads_image_only(layer) else prompts, q * d * geo.element)
+            out += disk_bytes(images if reads_image_only(layer) else prompts, q * d * geo.stored)
         return out + (disk_bytes(images, vision_row) if uses_vision else 0)
 
     plans, objects = [], {}
@@ -216,9 +227,9 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         plan.cache_bytes = cache_bytes(plan.prompts, plan.images)
         plan.fits = _fits(task, config, card, objects[task.name], list(layers))
         batch = task.probe.batch_size
-        layer_rows = sum(q * d * geo.element for q, d in layers.values())  # a pending write per store
+        layer_rows = sum(q * d * geo.stored for q, d in layers.values())  # a pending write per store
         extraction = (MAX_PENDING + 2) * config.batch_size * (geo.row_bytes(stored) + vision_row + layer_rows)
-        training = 4 * batch * (prompt_row + (vision_row // geo.element * 4 if uses_vision else 0))
+        training = 4 * batch * (prompt_row + (geo.values("vision_patches") * 4 if uses_vision and vision_row else 0))
         if task.implicit:  # one batch of frozen query embeddings (the LLM's width: the projected prompt's)
             training += 4 * batch * QUERY_TOKENS * geo.shapes.get("projected", geo.shapes[point])[1] * 4
         plan.peak_bytes = base + (weights or 0) + max(extraction, training)
@@ -228,7 +239,7 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
     ok = [p for _, p in ok]
     total = {**counted, "cache_bytes": cache_bytes(counted["prompts"], counted["images"]),
              "fits": sum(p.fits for p in ok), "peak_bytes": max((p.peak_bytes for p in ok), default=base)}
-    return Plan(card.name, plans, base, weights, total)
+    return Plan(card.name, plans, base, weights, total, stored_dtype)
 
 
 def _documented(planned: list[tuple[TaskSpec, TaskPlan]], kind: str) -> int:
@@ -267,7 +278,7 @@ def table(plan: Plan, width: int = 80) -> str:
     total = plan.totals()
     lines += ["-" * len(head), f"{'total':<22} {'':<11} {total['images']:>8,} {total['prompts']:>8,} "
               f"{gb(total['cache_bytes']):>10} {total['fits']:>5} {gb(total['peak_bytes']):>10}",
-              "cache: what the run adds to an empty cache; the total counts an image shared by",
-              "tasks once (documented sizes: at most their image pool's size). Peak RAM: the",
-              "run's (task by task)."]
+              f"cache: what the run adds to an empty cache, in {plan.stored_dtype}; the total counts",
+              "an image shared by tasks once (documented sizes: at most their image pool's",
+              "size). Peak RAM: the run's (task by task)."]
     return "\n".join(lines)

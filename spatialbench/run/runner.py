@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from accelerate.utils import gather_object
 from rich.console import Console
 
 from .. import __version__
-from ..adapters.base import Adapter, check_declared
+from ..adapters.base import DTYPES, Adapter, check_declared
 from ..adapters.families import get_family
 from ..adapters.loading import WEIGHTS, default_cache_dir, weights_kind
 from ..data.examples import TaskData
@@ -30,7 +31,7 @@ from ..registry import resolve_card
 from ..results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, merge, provenance
 from ..specs import RunConfig, TaskSpec
 from ..stats.bootstrap import holm
-from .devices import resolve_device, resolve_precision
+from .devices import resolve_device, resolve_precision, resolve_stored_dtype
 from .plan import estimate, gb, run_tasks
 from .report import Reporter
 
@@ -68,6 +69,7 @@ class Runner:
         self.card = resolve_card(config.model)
         device = resolve_device(config.device)
         self.mixed_precision = resolve_precision(config.mixed_precision, device)
+        self.stored_dtype = resolve_stored_dtype(config.stored_dtype or self.card.stored_dtype, self.card.dtype, device)
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=self.mixed_precision)
         if not self.accelerator.is_main_process:  # under `accelerate launch`, one process speaks
             self.reporter = Reporter(Console(quiet=True))
@@ -96,20 +98,20 @@ class Runner:
         self.reporter.info(f"model {self.card.name}: {WEIGHTS[weights_kind(self.card.checkpoint, self.card.revision)]}")
         workers = default_workers() if config.workers is None else config.workers
         uses_vision = "joint" in config.regimes or bool(conditions.NEEDS_VISION & set(config.baselines))
-        vision = (FeatureStore(adapter, self.cache_dir, config.batch_size, point="vision_patches", workers=workers)
-                  if uses_vision else None)
+        stores = partial(FeatureStore, adapter, self.cache_dir, config.batch_size, workers=workers,
+                         dtype=DTYPES[self.stored_dtype])
+        vision = stores(point="vision_patches") if uses_vision else None
         # The cheapest tensor on the prompt's path (see Adapter.cached_as); LLaVA's is the vision features.
         store = (vision if vision is not None and adapter.stored_point == vision.point else
-                 FeatureStore(adapter, self.cache_dir, config.batch_size, point=adapter.stored_point, workers=workers))
+                 stores(point=adapter.stored_point))
         self.layers = conditions.probed_layers(config, adapter)  # a bad --layers fails before any work
         self.layer_shapes = {layer: adapter.shape_at(layer) for layer in self.layers}
-        layers = {layer: FeatureStore(adapter, self.cache_dir, config.batch_size, point=layer, workers=workers)
-                  for layer in self.layers}
+        layers = {layer: stores(point=layer) for layer in self.layers}
         self.snapshot = ResamplerSnapshot(adapter) if uses_vision else None
         for note in store.notes + (vision.notes if vision else []) + [n for s in layers.values() for n in s.notes]:
             self.reporter.info(note)
         run_key = digest(__version__, adapter.fingerprint(), str(config.limit), self.mixed_precision,
-                         self.resampler_mode)
+                         self.resampler_mode, self.stored_dtype)
         self.probing = ProbingContext(cells=self.cells, accelerator=self.accelerator, snapshot=self.snapshot,
                                       run_key=run_key, resampler_lr=self.resampler_lr, control=config.control,
                                       mdl=config.mdl, note=self.reporter.info)
@@ -121,7 +123,7 @@ class Runner:
             resampler_lr=self.resampler_lr if "joint" in config.regimes else None, limit=config.limit,
             joint_training=JointTraining(resampler_lr=self.resampler_lr, resampler_mode=self.resampler_mode, mixed_precision=self.mixed_precision)
             if "joint" in config.regimes else None,
-            mixed_precision=self.mixed_precision, data_seed=config.data_seed,
+            mixed_precision=self.mixed_precision, stored_dtype=self.stored_dtype, data_seed=config.data_seed,
             limit_note=LIMIT_NOTE if config.limit else None, device=str(self.accelerator.device), layers=self.layers,
         )
         # An earlier run's results in this output are kept and added to, or the run is refused (merge.py).
@@ -184,8 +186,9 @@ class Runner:
             raise SpatialbenchError(
                 f"the features this run adds to the cache need {gb(needed)} ({needed:,} bytes), and the disk "
                 f"holding {self.cache_dir} has {gb(free)} ({free:,} bytes) free", field="--cache-dir",
-                fix="pass --cache-dir (or set $SPATIALBENCH_CACHE) on a disk with room, run fewer tasks, or free "
-                    "space there; `spatialbench plan` gives each task's share")
+                fix="pass --cache-dir (or set $SPATIALBENCH_CACHE) on a disk with room, run fewer tasks, free space "
+                    "there" + (", or store 16-bit features (--stored-dtype auto)" if self.stored_dtype == "float32"
+                               else "") + "; `spatialbench plan` gives each task's share")
 
     def _failed(self, task: TaskSpec, error: Exception) -> TaskResult:
         text = str(error) if isinstance(error, SpatialbenchError) else f"{type(error).__name__}: {error}"

@@ -172,3 +172,21 @@ def test_a_worker_records_an_unreadable_image_and_the_others_are_extracted(tmp_p
     store.ensure(images.items(), on_batch=done.append)
     assert store.failed == {"bad": "cannot read /data/broken.jpg"}
     assert store.extracted == 3 and sum(done) == 4
+
+
+def test_a_16bit_store_keeps_its_entries_in_16_bits_under_its_own_key(tmp_path):
+    images = _images(3)
+    full = FeatureStore(CountingAdapter(), tmp_path)
+    full.ensure(images.items())
+    half = FeatureStore(CountingAdapter(), tmp_path, dtype=torch.bfloat16)
+    half.ensure(images.items())
+    assert half.extracted == 3 and half.reused == 0  # never served the float32 entries, nor they its
+    assert half.model_key != full.model_key
+    got = half.load([("k1", None)])
+    assert got.dtype == torch.bfloat16 and torch.equal(got[0, 0].float(), torch.tensor([1.0, 2.0, 3.0]))
+    sizes = {root.name: sum(p.stat().st_size for p in _shards(root)) for root in (full.root, half.root)}
+    assert sizes[half.root.name] < sizes[full.root.name]
+    again = FeatureStore(CountingAdapter(), tmp_path, dtype=torch.float32)  # the adapter's own dtype: the old key
+    again.ensure(images.items())
+    assert again.model_key == full.model_key and again.reused == 3
+

@@ -8,6 +8,8 @@ one and two threads), everything else exactly. Recorded with:
     spatialbench run --model blip2-tiny --tasks golden_grid,golden_relation,golden_vsr,golden_region \
         --include-path tests/fixtures/golden/tasks --seeds 2 --regime both --baselines all --mdl \
         --layers all --device cpu --workers 0
+
+(`--stored-dtype float32` is now passed too: the recording predates 16-bit storage, the default since.)
 """
 
 import json
@@ -18,8 +20,9 @@ from tests.helpers import VOLATILE
 from tests.helpers.golden import GOLDEN
 
 # Besides wall times and provenance: the checkpoint's digest and the tool's version (provenance too), and the
-# card's `declares` (what `plan` sizes a run with: the card gained its layers after the recording).
-GOLDEN_VOLATILE = VOLATILE | {"checkpoint", "tool_version", "declares"}
+# card's `declares` (what `plan` sizes a run with: the card gained its layers after the recording), and the
+# fields added after it: `stored_dtype` (float32 here, as the recording kept its features).
+GOLDEN_VOLATILE = VOLATILE | {"checkpoint", "tool_version", "declares", "stored_dtype"}
 
 
 def stable(value):

@@ -44,6 +44,9 @@ def test_plan_for_blip2_on_every_task_prints_its_table_offline_before_any_downlo
     # The store keeps an image once, whichever tasks read it: the COCO and VSR tasks share COCO 2017's 123,287
     # images, the RefCOCO family COCO train2014's 82,783, and the synthetic tasks their 2,400 scenes.
     assert rows["total"][1] == f"{123_287 + 82_783 + 2_400:,}"
+    # Kept in bf16 (the default: 16-bit storage), the whole cache is about 150 GB; in float32 it was twice that.
+    assert rows["total"][4] == "GB" and float(rows["total"][3]) <= 200, rows["total"]
+    assert "in bfloat16" in done.stdout
     assert "weights 4.55 GB" in lines[0]  # 1.22e9 declared parameters in float32
     assert not hub.exists() and not cache.exists()  # nothing downloaded, built or extracted
 

@@ -54,6 +54,26 @@ def test_images_are_extracted_once_per_run_and_reused_by_the_next(small_tasks, t
         assert second.tasks[name].metrics == task.metrics  # same seeds, same features: identical numbers
 
 
+def test_features_are_stored_in_16_bits_unless_float32_is_asked_for_and_the_two_never_mix(small_tasks, tmp_path):
+    import pytest
+    import torch
+
+    from spatialbench.errors import SpatialbenchError
+    from spatialbench.features.shards import Shard
+
+    cache = tmp_path / "cache"
+    runner, half = _run(small_tasks, tmp_path / "out", tasks="small_relation", seeds=1, cache_dir=cache)
+    assert half.stored_dtype == "bfloat16" and read_results(runner.results_path).stored_dtype == "bfloat16"
+    _, full = _run(small_tasks, tmp_path / "full", tasks="small_relation", seeds=1, cache_dir=cache,
+                   stored_dtype="float32")
+    assert full.stored_dtype == "float32"
+    assert full.extraction.extracted == half.extraction.extracted > 0  # its own entries: none of the bf16 ones
+    dtypes = {Shard.open(p).dtype for p in (cache / "features").rglob("shards/*.safetensors")}
+    assert dtypes == {torch.bfloat16, torch.float32}
+    with pytest.raises(SpatialbenchError, match="stored_dtype: 'bfloat16' there, 'float32' now"):
+        _run(small_tasks, tmp_path / "out", tasks="small_vsr", seeds=1, cache_dir=cache, stored_dtype="float32")
+
+
 def test_limit_is_recorded_as_testing_only(small_tasks, tmp_path):
     _, result = _run(small_tasks, tmp_path / "out", tasks="small_relation", seeds=1, limit=5)
     assert result.limit == 5 and "testing only" in result.limit_note
@@ -131,8 +151,8 @@ def test_a_rerun_whose_numbers_are_not_comparable_is_refused_and_the_file_kept(s
 
 def test_a_cache_on_a_disk_too_small_for_the_features_is_refused_before_any_work(small_tasks, tmp_path):
     """A 1 MB tmpfs, mounted in a mount namespace of the run's own (unshare: root or not, nothing to clean
-    up): the tiny checkpoint (about 430 KB) is built there, and the features of 1,000 scenes (about 1.7 MB)
-    would not fit."""
+    up): the tiny checkpoint (about 430 KB) is built there, and the features of 2,000 scenes (about 1.5 MB
+    in bf16) would not fit."""
     import os
     import shutil
     import subprocess
@@ -142,7 +162,7 @@ def test_a_cache_on_a_disk_too_small_for_the_features_is_refused_before_any_work
 
     spec = yaml.safe_load((small_tasks / "small_relation.yaml").read_text())
     spec["name"] = "many_scenes"
-    spec["dataset"]["sizes"] = {"train": 800, "validation": 100, "test": 100}
+    spec["dataset"]["sizes"] = {"train": 1800, "validation": 100, "test": 100}
     (small_tasks / "many_scenes.yaml").write_text(yaml.safe_dump(spec))
     disk, out = tmp_path / "disk", tmp_path / "out"
     disk.mkdir()
