@@ -53,26 +53,65 @@ class Split:
 
 class Texts:
     """The query texts' frozen LLM embeddings, looked up a batch at a time: rows of the distinct texts ->
-    ([B, L, Dt] float32, mask [B, L]). Embedded per batch (a task's whole table, 100k expressions x L
-    tokens x the LLM's width, would not fit in RAM), or held as a table where it is small (tests)."""
+    ([B, L, Dt] float32, mask [B, L]), each text's tokens first (right-padded, whatever side the tokenizer
+    pads: a token's learned position is then the same in every batch) and L the batch's longest text.
+    Embedded per batch (a task's whole table, 100k expressions x L tokens x the LLM's width, would not fit in
+    RAM), or held as a table where it fits a budget (resident) or is small (tests)."""
 
-    def __init__(self, lookup: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
-        self.lookup = lookup
+    def __init__(self, lookup: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 embed: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 texts: list[str] | None = None):
+        self.lookup, self.embed, self.texts = lookup, embed, texts
+        self._resident: Texts | None = None
 
     def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lookup(rows)
 
     @classmethod
     def table(cls, embeddings: torch.Tensor, mask: torch.Tensor) -> Texts:
-        return cls(lambda rows: (embeddings[rows], mask[rows]))
+        def lookup(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            emb, keep = right_aligned(embeddings[rows], mask[rows])
+            length = max(1, int(keep.sum(1).max())) if len(keep) else keep.shape[1]
+            return emb[:, :length], keep[:, :length]
+        return cls(lookup)
 
     @classmethod
     def embedded(cls, embed: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], texts: list[str]) -> Texts:
         def lookup(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 emb, mask = embed([texts[i] for i in rows.tolist()])
-            return emb.float(), mask
-        return cls(lookup)
+            return right_aligned(emb.float(), mask)
+        return cls(lookup, embed, texts)
+
+    def resident(self, budget: int, chunk: int = 256) -> Texts:
+        """Every text embedded once into a table, when its float32 bytes fit `budget`; else these Texts.
+        Made once: every group of fits of the task reads the same texts."""
+        if self.embed is None:
+            return self
+        if self._resident is None:
+            self._resident = self._table(budget, chunk)
+        return self._resident
+
+    def _table(self, budget: int, chunk: int) -> Texts:
+        parts, total = [], 0
+        for i in range(0, len(self.texts), chunk):
+            emb, mask = self.lookup(torch.arange(i, min(i + chunk, len(self.texts))))
+            total += emb.numel() * 4
+            if total > budget:
+                return self
+            parts.append((emb.cpu(), mask.cpu()))
+        length = max(e.shape[1] for e, _ in parts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]))  # noqa: E731
+        return Texts.table(torch.cat([pad(e) for e, _ in parts]), torch.cat([pad(m) for _, m in parts]))
+
+
+def right_aligned(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's kept tokens first, in order, then its padding ([B, L, Dt], [B, L])."""
+    keep = mask.bool()
+    if bool((keep[:, 1:] <= keep[:, :-1]).all()):  # right-padded already (most tokenizers): nothing to move
+        return emb, mask
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    return torch.gather(emb, 1, order.unsqueeze(-1).expand_as(emb)), torch.gather(mask, 1, order)
 
 
 @dataclass

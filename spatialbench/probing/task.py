@@ -18,7 +18,7 @@ from ..features import digest
 from ..results import Mdl
 from ..specs import TaskSpec
 from ..stats.codelength import default_blocks
-from . import conditions
+from . import conditions, group
 from .cells import Cell, CellStore, Choice, grid, task_cells, with_control, with_mdl
 from .joint import ResamplerSnapshot
 from .fit import ProbeInputs
@@ -68,6 +68,46 @@ class TaskProbing:
         """Upper bound of the epochs these cells train (early stopping ends most sooner)."""
         blocks = len(default_blocks(len(self.inputs.splits["train"]))) - 1
         return sum(self.task.probe.epochs * (blocks if c.kind == "mdl" else 1) for c in cells)
+
+    def groups(self, cells: list[Cell]) -> list[list[Cell]]:
+        """The cells in the order they train: the fits and control fits of a condition that reads fixed
+        features as one stack (per seed where its features are drawn per seed), every other cell alone (a
+        trained resampler, an MDL code, a spec group.groupable refuses)."""
+        out: list[list[Cell]] = []
+        stacks: dict[tuple, list[Cell]] = {}
+        for cell in cells:
+            if not self._stacks(cell):
+                out.append([cell])
+                continue
+            key = (cell.condition, cell.seed if self.by_name[cell.condition].per_seed else None)
+            if key not in stacks:
+                stacks[key] = []
+                out.append(stacks[key])
+            stacks[key].append(cell)
+        return out
+
+    def fit_all(self, cells: list[Cell], tick) -> None:
+        """One group of self.groups: a stack trained at once, or one cell."""
+        if not self._stacks(cells[0]):
+            return self.fit(cells[0], tick)
+        cond = self.by_name[cells[0].condition]
+        features = cond.inputs_for(cells[0].seed)  # a per-seed condition's group is one seed's
+        n_out = self.inputs.shape.n_out
+        members = [group.Member(conditions.control_inputs(features, n_out, c.seed) if c.kind == "control"
+                                else features, c.seed, c.choice.lr) for c in cells]
+        on_epoch = lambda m, epoch, val: tick(cells[m].name, cells[m].seed, epoch, val)  # noqa: E731
+        for cell, result in zip(cells, group.fit_group(members, self.task.probe, self.task.headline,
+                                                       self.context.accelerator, on_epoch)):
+            if isinstance(result, FloatingPointError):  # this seed diverged at this grid point; the others go on
+                self.context.note(f"[red]{self.task.name} {cell.name}: {result}[/red]")
+                self.store.put_failed(self.task.name, cell.name, cell.seed, self.key(cell), str(result))
+            else:
+                self.store.put(self.task.name, cell.name, self.key(cell), result)
+
+    def _stacks(self, cell: Cell) -> bool:
+        """Whether this cell trains in a stack (group.fit_group) rather than alone (fit)."""
+        return (group.groupable(self.task.probe, self.context.accelerator) and cell.kind != "mdl"
+                and self.by_name[cell.condition].encoder is None)
 
     def fit(self, cell: Cell, tick) -> None:
         ctx, cond, key = self.context, self.by_name[cell.condition], self.key(cell)

@@ -12,6 +12,36 @@ from typing import Callable, Iterable
 import torch
 
 CHUNK_BYTES = 4 * 2**20  # of float32 rows per read in a streaming pass (about 4x that in flight): bounded whatever the prompt size
+RESIDENT_BYTES = 1 * 2**30  # a task's prompts (float32, mapped and standardised) up to this are held on the device...
+RESIDENT_SHARE = 4  # ...and up to this fraction (1/4) of the memory the process may still take there
+
+
+def resident_budget(device: torch.device | str = "cpu") -> int:
+    """Bytes a task's prompts may hold on `device`: a quarter of what is free there (on the host, MemAvailable,
+    and what RLIMIT_DATA still allows where it is set), at most RESIDENT_BYTES."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _host_available()
+    return min(RESIDENT_BYTES, free // RESIDENT_SHARE)
+
+
+def _host_available() -> int:
+    import resource
+
+    free = 2**62
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+            free = min(free, max(0, limit - used))
+    except (OSError, StopIteration, ValueError):  # not Linux: the fixed cap alone
+        pass
+    return free
 
 
 def chunk_rows(shape: tuple[int, ...]) -> int:
@@ -73,6 +103,21 @@ class Visual:
             return x
         mean, std = self.stats
         return (x - mean.to(x.device)) / std.to(x.device)
+
+    def resident(self, device: torch.device | str = "cpu", budget: int | None = None) -> Visual:
+        """Every row as batch() gives it, computed once into one tensor on `device`, when its float32 bytes fit
+        `budget` (default resident_budget: then a batch is one index, no read, map or allocation but its
+        own); else these rows."""
+        budget = resident_budget(device) if budget is None else budget
+        n = 4
+        for s in self.shape:
+            n *= s
+        if n > budget or self.rows is None:
+            return self
+        index = torch.arange(len(self))
+        step = chunk_rows(self.shape)
+        rows = torch.cat([self.batch(index[i:i + step], device) for i in range(0, len(index), step)])
+        return Visual(rows)
 
     def chunks(self, index: torch.Tensor) -> Iterable[torch.Tensor]:
         """Rows `index` through the map, unstandardised, a bounded chunk at a time (for a streaming pass)."""

@@ -64,13 +64,14 @@ class Reporter:
         with self._progress() as progress:
             bar = progress.add_task(f"probing {task}", total=total_epochs, note="")
 
-            last = [None]
+            started: set[tuple[str, int]] = set()
 
             def tick(condition: str, seed: int, epoch: int, val: float) -> None:
                 progress.update(bar, advance=1, note=f"{condition} seed {seed} epoch {epoch} val {val:.3f}")
-                # Without a terminal the bar is drawn only at the end: a log still shows where the run is.
-                if not self.console.is_terminal and last[0] != (condition, seed):
-                    last[0] = (condition, seed)
+                # Without a terminal the bar is drawn only at the end: a log still shows where the run is (once
+                # a fit: a stack of fits trains them epoch by epoch together).
+                if not self.console.is_terminal and (condition, seed) not in started:
+                    started.add((condition, seed))
                     self.console.print(f"probing {task}: {condition}, seed {seed}")
 
             yield tick

@@ -266,8 +266,8 @@ class Runner:
         probing = TaskProbing(task, inputs, plan, self.seeds, self.probing, data.fingerprint)
         todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
         with self.reporter.training(task.name, probing.epochs(todo)) as tick:
-            for cell in todo:
-                probing.fit(cell, tick)
+            for cells in probing.groups(todo):
+                probing.fit_all(cells, tick)
         self.accelerator.wait_for_everyone()  # every process's cells are on disk before anyone sums up
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
