@@ -2,9 +2,10 @@
 (torch.func.stack_module_state of G AttentiveProbes): the same arithmetic as AttentiveProbe.forward, member
 by member, with every linear map one batched matmul over the members.
 
-vmap of the module's own forward gives the same numbers but, on a CPU, spends much of a step outside the
-matmuls (measured: 1.69x for six fits against 6 one at a time, where this gives more); so the default probe
-has this hand-written form and other heads are vmapped (group.py).
+vmap of the module's own forward gives the same numbers but, on a CPU, spends more of a step outside the
+matmuls (measured slower than this form on six fits of synth_relation; this form's figure is in
+benchmarks/records/fits-2026-12-07.txt), so the default probe has this hand-written form and the other
+heads are vmapped (group.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import SpatialbenchError
 from .heads import MAX_QUERY_TOKENS
 
 Params = dict[str, torch.Tensor]
@@ -72,7 +74,8 @@ def attentive(p: Params, visual: torch.Tensor, query: torch.Tensor, mask: torch.
     else:
         length = query.shape[2]
         if length > MAX_QUERY_TOKENS:
-            raise ValueError(f"a query has {length} tokens; the probes read at most {MAX_QUERY_TOKENS}")
+            raise SpatialbenchError(f"a query has {length} tokens; the probes read at most {MAX_QUERY_TOKENS}",
+                                    fix="shorten the task's query texts")
         tokens = _linear(_norm(query), p["query.text.1.weight"], p["query.text.1.bias"])
         tokens = tokens + p["query.positions"][:, None, :length]
         keep, gates = mask.bool(), p["gates"][:, :length]
