@@ -178,8 +178,10 @@ def execute(config: RunConfig) -> None:
     if not runner.accelerator.is_main_process:
         return
     reporter.summary(result, str(runner.results_path))
-    if runner.cells.reused:
-        err.print(f"probe fits: {runner.cells.fitted} fitted, {runner.cells.reused} reused from {runner.cells.root}")
+    cells = runner.cells
+    others = cells.planned - cells.fitted - cells.reused
+    err.print(f"probe fits: {cells.fitted} fitted" + (f", {cells.reused} reused from {cells.root}" if cells.reused
+                                                      else "") + (f", {others} by other processes" if others > 0 else ""))
     failed = [t.name for t in result.tasks.values() if t.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} task(s) failed:[/red] {', '.join(failed)} (reasons in the results JSON)")

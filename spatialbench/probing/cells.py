@@ -2,8 +2,8 @@
 `spatialbench plan` alike (task_cells), and the finished ones kept on disk beside the results (CellStore).
 
 A rerun with the same --output skips every cell already there, so a run killed at any moment loses
-at most the fits in flight. Under `accelerate launch` each process fits its share of the cells and
-all of them read the rest from here. A cell is reused only if its key matches: the key covers
+at most the fits in flight. Several processes on one output (`accelerate launch`, or independent ones)
+each fit the groups of cells they claim (claims.py) and read the rest from here. A cell is reused only if its key matches: the key covers
 everything that changes the fit (checkpoint, task spec, data, limit, resampler lr, precision, seed).
 """
 
@@ -83,8 +83,9 @@ def task_cells(task: TaskSpec, conditions: list[tuple[str, str]], seeds: list[in
 class CellStore:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.reused = 0  # cells found finished on disk (a resumed run), so not fitted
-        self.fitted = 0
+        self.planned = 0  # cells the run needs
+        self.reused = 0  # cells found finished on disk when the run began (a resumed run), so not fitted
+        self.fitted = 0  # by this process; the rest of the planned were fitted by other processes
 
     def path(self, task: str, name: str, seed: int) -> Path:
         return self.root / task / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-seed{seed}.npz"

@@ -1,14 +1,15 @@
 """One task's probing: every (condition, kind, seed, grid point) cell fitted once, then summed up into a
 TaskResult, each seed's grid point selected on validation.
 
-Cells are the unit of work and of resumption: each is fitted by exactly one process (under
-`accelerate launch`, round-robin), written to the CellStore, and read back by the summary; a cell
+Cells are the unit of work and of resumption: each group of them (TaskProbing.groups) is fitted by the
+one process that claims it (claims.py), written to the CellStore, and read back by the summary; a cell
 already on disk with a matching key is never fitted again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,22 @@ from .cells import Cell, CellStore, Choice, grid, task_cells, with_control, with
 from .joint import ResamplerSnapshot
 from .fit import ProbeInputs
 from .mdl import online_code
+
+
+@dataclass
+class Group:
+    """Cells that train together (TaskProbing.groups), under one claim named by `label`."""
+
+    probing: TaskProbing
+    label: str
+    cells: list[Cell]
+
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if not self.probing.done(c)]
+
+    @property
+    def claim(self) -> Path:
+        return self.probing.store.root / self.probing.task.name / f"{self.label}.claim"
 
 
 @dataclass
@@ -53,41 +70,50 @@ class TaskProbing:
         self.grids = {c.name: grid(c.name, task.probe.lr, context.resampler_lr) for c in plan}
         self.cells = task_cells(task, [(c.name, c.role) for c in plan], seeds, context.resampler_lr, context.control,
                                 context.mdl)
+        self._done: set[Cell] = set()
 
     def key(self, cell: Cell) -> str:
         return digest(self.base_key, cell.name, str(cell.seed))
 
-    def todo(self, rank: int, world: int) -> list[Cell]:
-        """This process's share of the cells not yet on disk."""
-        mine = [c for i, c in enumerate(self.cells) if i % world == rank]
-        todo = [c for c in mine if not self.store.has(self.task.name, c.name, c.seed, self.key(c))]
-        self.store.reused += len(mine) - len(todo)
-        return todo
+    def done(self, cell: Cell) -> bool:
+        """Whether the cell is on disk (fitted by any process); once seen there, not read again."""
+        if cell not in self._done and self.store.has(self.task.name, cell.name, cell.seed, self.key(cell)):
+            self._done.add(cell)
+        return cell in self._done
 
     def epochs(self, cells: list[Cell]) -> int:
         """Upper bound of the epochs these cells train (early stopping ends most sooner)."""
         blocks = len(default_blocks(len(self.inputs.splits["train"]))) - 1
         return sum(self.task.probe.epochs * (blocks if c.kind == "mdl" else 1) for c in cells)
 
-    def groups(self, cells: list[Cell]) -> list[list[Cell]]:
-        """The cells in the order they train: the fits and control fits of a condition that reads fixed
-        features as one stack (per seed where its features are drawn per seed), every other cell alone (a
-        trained resampler, an MDL code, a spec group.groupable refuses)."""
-        out: list[list[Cell]] = []
-        stacks: dict[tuple, list[Cell]] = {}
-        for cell in cells:
+    def groups(self) -> list[Group]:
+        """Every cell of the task in the groups they train in: the fits and control fits of a condition that
+        reads fixed features as one stack (per seed where its features are drawn per seed), every other cell
+        alone (a trained resampler, an MDL code, a spec group.groupable refuses). Formed from all the cells,
+        finished or not, so every process names a group alike (its claim, claims.py)."""
+        out: list[Group] = []
+        stacks: dict[tuple, Group] = {}
+        for cell in self.cells:
             if not self._stacks(cell):
-                out.append([cell])
+                out.append(Group(self, self.store.path(self.task.name, cell.name, cell.seed).stem, [cell]))
                 continue
-            key = (cell.condition, cell.seed if self.by_name[cell.condition].per_seed else None)
+            per_seed = self.by_name[cell.condition].per_seed
+            key = (cell.condition, cell.seed if per_seed else None)
             if key not in stacks:
-                stacks[key] = []
+                label = cell.condition + (f"-seed{cell.seed}" if per_seed else "")
+                stacks[key] = Group(self, label, [])
                 out.append(stacks[key])
-            stacks[key].append(cell)
+            stacks[key].cells.append(cell)
         return out
 
+    def cost(self, cells: list[Cell]) -> float:
+        """A fit's relative cost, to order the queue longest first: epochs x training items x the values
+        of a row its probe (or trained resampler) reads."""
+        rows = self.by_name[cells[0].condition].inputs.features.shape
+        return float(self.epochs(cells) * len(self.inputs.splits["train"]) * np.prod(rows[1:]))
+
     def fit_all(self, cells: list[Cell], tick) -> None:
-        """One group of self.groups: a stack trained at once, or one cell."""
+        """Cells of one group: a stack trained at once, or one cell."""
         if not self._stacks(cells[0]):
             return self.fit(cells[0], tick)
         cond = self.by_name[cells[0].condition]

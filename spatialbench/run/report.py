@@ -59,23 +59,24 @@ class Reporter:
             yield lambda n: progress.advance(bar, n)
 
     @contextmanager
-    def training(self, task: str, total_epochs: int) -> Iterator[Callable[[str, int, int, float], None]]:
-        """A bar over every (condition, seed, epoch) of a task; early stopping finishes it early."""
+    def training(self, epochs: dict[str, int]) -> Iterator[Callable[[str, str, int, int, float], None]]:
+        """A bar per task (`epochs`: task -> every epoch its cells may train) over its (condition, seed,
+        epoch); early stopping, or another process fitting some of its cells, finishes it early."""
         with self._progress() as progress:
-            bar = progress.add_task(f"probing {task}", total=total_epochs, note="")
+            bars = {task: progress.add_task(f"probing {task}", total=total, note="") for task, total in epochs.items()}
+            started: set[tuple[str, str, int]] = set()
 
-            started: set[tuple[str, int]] = set()
-
-            def tick(condition: str, seed: int, epoch: int, val: float) -> None:
-                progress.update(bar, advance=1, note=f"{condition} seed {seed} epoch {epoch} val {val:.3f}")
+            def tick(task: str, condition: str, seed: int, epoch: int, val: float) -> None:
+                progress.update(bars[task], advance=1, note=f"{condition} seed {seed} epoch {epoch} val {val:.3f}")
                 # Without a terminal the bar is drawn only at the end: a log still shows where the run is (once
                 # a fit: a stack of fits trains them epoch by epoch together).
-                if not self.console.is_terminal and (condition, seed) not in started:
-                    started.add((condition, seed))
+                if not self.console.is_terminal and (task, condition, seed) not in started:
+                    started.add((task, condition, seed))
                     self.console.print(f"probing {task}: {condition}, seed {seed}")
 
             yield tick
-            progress.update(bar, completed=total_epochs)
+            for task, bar in bars.items():
+                progress.update(bar, completed=epochs[task])
 
     def summary(self, result: RunResult, path: str) -> None:
         self.console.print(f"[bold]{escape(result.model.name)}[/bold]: {result.point} prompt "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import traceback
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from ..data.sources import DataContext, load_task_data
 from ..errors import SpatialbenchError
 from ..features import FeatureStore, Request, default_workers, digest
 from ..probing import conditions, scoring
-from ..probing.cells import CellStore
+from ..probing import queue
+from ..probing.cells import Cell, CellStore
+from ..probing.claims import Claims
 from ..probing.inputs import build_inputs, feature_requests
 from ..probing.joint import ResamplerSnapshot
-from ..probing.task import ProbingContext, TaskProbing
+from ..probing.task import Group, ProbingContext, TaskProbing
 from ..probing.visual import Visual
 from ..registry import resolve_card
 from ..results import LIMIT_NOTE, ExtractionStats, JointTraining, RunResult, TaskResult, merge, provenance
@@ -58,6 +61,16 @@ def writable_output(output: Path, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SpatialbenchError(f"cannot create {out_dir}: {e.strerror}", field="--output", fix=fix) from None
+
+
+@dataclass
+class Prepared:
+    """A task ready for its fits: its probing, its data, and the seconds spent on it so far."""
+
+    probing: TaskProbing
+    data: TaskData
+    load_seconds: float
+    seconds: float  # building its inputs, then its fits in this process, then its summary
 
 
 class Runner:
@@ -154,18 +167,51 @@ class Runner:
                 result.tasks[name] = self._failed(self._task(name), error)
                 del loaded[name]
         self._save(result)
-        for task in self.tasks:
-            if task.name not in loaded:
-                continue
-            data, load_seconds = loaded[task.name]
-            try:
-                result.tasks[task.name] = merge.task(self._probe(task, data, store, vision, adapter, load_seconds,
-                                                                 layers), before)
-            except Exception as e:
-                result.tasks[task.name] = self._failed(task, e)
-            adjust_holm(result)
-            self._save(result)  # after every task: a crash loses at most the task in flight
+        self._probe_all(result, before, loaded, store, vision, adapter, layers)
         return result
+
+    def _probe_all(self, result: RunResult, before: RunResult | None, loaded: dict, store: FeatureStore,
+                   vision: FeatureStore | None, adapter: Adapter, layers: dict[str, FeatureStore]) -> None:
+        """Every loaded task's fits through one queue (probing/queue.py), each task summed up and saved as
+        soon as its cells are all on disk: a crash loses at most the fits in flight."""
+        prepared: dict[str, Prepared] = {}
+        for task in self.tasks:
+            if task.name in loaded:
+                data, load_seconds = loaded[task.name]
+                try:
+                    prepared[task.name] = self._prepare(task, data, store, vision, adapter, load_seconds, layers)
+                except Exception as e:
+                    self._done(result, self._failed(task, e))
+
+        def fit(group: Group, cells: list[Cell]) -> None:
+            start = time.perf_counter()
+            group.probing.fit_all(cells, partial(tick, group.probing.task.name))
+            prepared[group.probing.task.name].seconds += time.perf_counter() - start
+
+        def finish(probing: TaskProbing) -> None:
+            try:
+                task = merge.task(self._result(prepared.pop(probing.task.name)), before)
+            except Exception as e:
+                task = self._failed(probing.task, e)
+            self._done(result, task)
+
+        def fail(probing: TaskProbing, error: Exception) -> None:
+            prepared.pop(probing.task.name)
+            self._done(result, self._failed(probing.task, error))
+
+        groups = [g for p in prepared.values() for g in p.probing.groups()]
+        epochs = {name: p.probing.epochs([c for c in p.probing.cells if not p.probing.done(c)])
+                  for name, p in prepared.items()}
+        with self.reporter.training(epochs) as tick, Claims() as claims:
+            queue.work(groups, claims, fit, finish, fail)
+
+    def _done(self, result: RunResult, task: TaskResult) -> None:
+        """A task's result in the run's results, in the run's task order after the tasks kept from before."""
+        result.tasks[task.name] = task
+        order = {t.name: i for i, t in enumerate(self.tasks)}
+        result.tasks = dict(sorted(result.tasks.items(), key=lambda kv: order.get(kv[0], -1)))
+        adjust_holm(result)
+        self._save(result)
 
     def _plan_summary(self, loaded: dict[str, TaskData]) -> None:
         """The one line `spatialbench plan` would print, before any extraction."""
@@ -255,8 +301,9 @@ class Runner:
             for failed in gather_object([store.failed]):
                 store.failed.update(failed)
 
-    def _probe(self, task: TaskSpec, data: TaskData, store: FeatureStore, vision: FeatureStore | None,
-               adapter: Adapter, load_seconds: float, layers: dict[str, FeatureStore]) -> TaskResult:
+    def _prepare(self, task: TaskSpec, data: TaskData, store: FeatureStore, vision: FeatureStore | None,
+                 adapter: Adapter, load_seconds: float, layers: dict[str, FeatureStore]) -> Prepared:
+        """A task's probe inputs and conditions, and its cells (those already on disk counted as reused)."""
         start = time.perf_counter()
         inputs = build_inputs(task, data, store, adapter)
         vision_rows = Visual(vision.rows([(key, None) for key, _ in inputs.row_keys])) if vision else None
@@ -264,11 +311,15 @@ class Runner:
                                self.resampler_mode, scratch=self.cache_dir / "scratch",
                                layers={name: s.rows(inputs.row_keys) for name, s in layers.items()})
         probing = TaskProbing(task, inputs, plan, self.seeds, self.probing, data.fingerprint)
-        todo = probing.todo(self.accelerator.process_index, self.accelerator.num_processes)
-        with self.reporter.training(task.name, probing.epochs(todo)) as tick:
-            for cells in probing.groups(todo):
-                probing.fit_all(cells, tick)
-        self.accelerator.wait_for_everyone()  # every process's cells are on disk before anyone sums up
+        self.cells.planned += len(probing.cells)
+        self.cells.reused += sum(probing.done(c) for c in probing.cells)
+        return Prepared(probing, data, load_seconds, time.perf_counter() - start)
+
+    def _result(self, prepared: Prepared) -> TaskResult:
+        """A task's result from its cells on disk."""
+        start = time.perf_counter()
+        probing, data, task = prepared.probing, prepared.data, prepared.probing.task
+        inputs, plan = probing.inputs, probing.plan
         test, examples = inputs.splits["test"], data.splits["test"]
         clusters = np.array([ex.image_id for ex in examples])
         results, fits_of, comparisons, scores = probing.summarise(examples, clusters)
@@ -279,6 +330,7 @@ class Runner:
                                       {name: s.mean(axis=0) for name, s in scores.items()}, condition=primary,
                                       classes=data.classes, categories=data.categories)
         main = results[primary]
+        train_seconds = prepared.seconds + time.perf_counter() - start
         return TaskResult(
             name=task.name, kind=task.kind, version=task.version, status="ok", target=task.target,
             headline=task.headline,
@@ -287,7 +339,7 @@ class Runner:
             n_images={k: len({ex.image_id for ex in v}) for k, v in data.splits.items()},
             metrics=main.metrics, chance=scoring.chance(task.metrics, inputs.splits["train"], test, inputs.box),
             by_group=main.by_group, probe=task.probe, seeds=main.seeds,
-            timings={"load": load_seconds, "train": time.perf_counter() - start},
+            timings={"load": prepared.load_seconds, "train": train_seconds},
             predictions_file=predictions.name, conditions=results, comparisons=comparisons,
             notes=[f"{b}: not available here ({why})" for b in self.config.baselines
                    if (why := conditions.unavailable(b, data.objects, self.config.regimes))] + data_seed_note(

@@ -65,9 +65,9 @@ def test_the_run_table_keeps_condition_names_and_numbers_whole(width):
 @pytest.mark.parametrize("width", WIDTHS)
 def test_progress_keeps_its_counts_and_time_on_a_narrow_terminal(width):
     console = Console(file=io.StringIO(), width=width, force_terminal=True)
-    with Reporter(console).training("refcocoplus_unc_testb_long_task_name", 240) as tick:
+    with Reporter(console).training({"refcocoplus_unc_testb_long_task_name": 240}) as tick:
         for epoch in range(180):
-            tick("joint_random lr 0.0003", 2, epoch, 0.123456)
+            tick("refcocoplus_unc_testb_long_task_name", "joint_random lr 0.0003", 2, epoch, 0.123456)
     out = console.file.getvalue()
     assert "240/240" in out and re.search(r"\d+:\d\d:\d\d", out)
     assert "probing refcocoplus_unc_testb_long_task_name" in out  # the name whole: only the note gives way
@@ -76,9 +76,9 @@ def test_progress_keeps_its_counts_and_time_on_a_narrow_terminal(width):
 @pytest.mark.parametrize("width", WIDTHS)
 def test_progress_printed_to_a_log_keeps_the_task_name_whole(width):
     console = Console(file=io.StringIO(), width=width)  # not a terminal: a log file, as `run 2> log` writes
-    with Reporter(console).training("demo_region_grid", 320) as tick:
+    with Reporter(console).training({"demo_region_grid": 320}) as tick:
         for epoch in range(13):
-            tick("joint_random lr 0.001 rlr 0.002", 0, epoch, 0.156)
+            tick("demo_region_grid", "joint_random lr 0.001 rlr 0.002", 0, epoch, 0.156)
     out = console.file.getvalue()
     [bar] = [line for line in out.splitlines() if "320/320" in line]  # the bar, drawn once at the end
     assert "probing demo_region_grid" in bar and max(len(line) for line in out.splitlines()) <= width

@@ -2,6 +2,7 @@
 two processes (gloo, CPU) share the images and the probe fits and agree with one process."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -153,3 +154,52 @@ def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(small, without
     keys = _entries(shared)
     assert len(set(keys)) == result.extraction.images and len(keys) <= 2 * result.extraction.images
     assert not [p for p in (shared / "features").rglob("*") if p.name.endswith(".tmp")]
+
+
+def _fitted(output: str) -> int:
+    return int(re.search(r"probe fits: (\d+) fitted", output).group(1))
+
+
+def test_two_runs_on_one_output_fit_every_cell_once_between_them(small, without_control, tmp_path):
+    out, cells = tmp_path / "out", tmp_path / "out" / "blip2-tiny" / "cells"
+    procs = [subprocess.Popen([SPATIALBENCH, *_args(small, out, tmp_path / "cache", "--no-control")], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    finished = list(cells.rglob("*.npz"))
+    assert len(finished) == 12 and sum(_fitted(o) for o in outputs) == 12, outputs  # each cell fitted once
+    assert not list(cells.rglob("*.claim"))  # every claim released
+    result = read_results(out / "blip2-tiny" / "results.json")
+    assert stable(result.model_dump(mode="json")) == stable(without_control)
+
+
+def test_a_fit_claimed_by_a_killed_process_is_fitted_by_the_other(small, without_control, tmp_path):
+    out, cells = tmp_path / "out", tmp_path / "out" / "blip2-tiny" / "cells"
+    args = _args(small, out, tmp_path / "cache", "--no-control")
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        first = _start_paused_after(args, 1, stderr)  # inside its first group of two cells: one left, claimed
+    [claim] = cells.rglob("*.claim")
+    assert str(first.pid) in claim.read_text()
+    second = subprocess.Popen([SPATIALBENCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    first.kill()
+    first.wait()
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output
+    assert _fitted(output) == 11  # all but the killed process's one finished fit, its claimed cell included
+    assert not list(cells.rglob("*.claim"))
+    result = read_results(out / "blip2-tiny" / "results.json")
+    assert stable(result.model_dump(mode="json")) == stable(without_control)
+
+
+def test_a_claim_of_another_node_is_taken_over_once_it_expires(small, without_control, tmp_path):
+    out, cells = tmp_path / "out", tmp_path / "out" / "blip2-tiny" / "cells"
+    claim = cells / "small_relation" / "frozen.claim"
+    claim.parent.mkdir(parents=True)
+    claim.write_text("another-node pid:[1] 4242 0123abcd")  # a process there died holding it; nothing touches it
+    done = subprocess.run([SPATIALBENCH, *_args(small, out, tmp_path / "cache", "--no-control")],
+                          env={**_env(), "SPATIALBENCH_CLAIM_EXPIRY": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _fitted(done.stderr) == 12 and not claim.exists()
+    result = read_results(out / "blip2-tiny" / "results.json")
+    assert stable(result.model_dump(mode="json")) == stable(without_control)
