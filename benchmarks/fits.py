@@ -33,10 +33,11 @@ from spatialbench.probing.inputs import build_inputs, feature_requests
 from spatialbench.registry import TaskRegistry, resolve_card
 
 
-def task_inputs(task_name: str, card_name: str, cache_dir: Path, device: str):
+def task_inputs(task_name: str, card_name: str, cache_dir: Path, device: str, task=None):
+    """A task's ProbeInputs as a run builds them (`task`: a TaskSpec in place of the named shipped task)."""
     card = resolve_card(card_name)
     adapter = get_family(card.family).load(card, device=device, cache_dir=cache_dir)
-    task = TaskRegistry().get(task_name)
+    task = task or TaskRegistry().get(task_name)
     data = load_task_data(task, None, DataContext.from_flags(None, None))
     store = FeatureStore(adapter, cache_dir, dtype=torch.bfloat16)
     store.ensure(feature_requests(task, data, adapter))

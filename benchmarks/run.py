@@ -22,6 +22,9 @@ Figures (NAME for --only):
   cache         bytes per image each shipped real card caches: its prompt vs the cheapest tensor on its path
                 (Adapter.cached_as), from the shapes the card declares and the dtype its cache keeps (after <= before)
   training      peak RSS of training (frozen, joint and every baseline, warm cache) on 10N images / on N (<= 1.2)
+  batched       batched_fit_speedup: fits/s of a synthetic task's default grid (3 seeds x 2 lr, synth_relation's
+                recipe on GRID_SIZES scenes) trained as one group / the same fits one at a time (>= 5; every seed
+                selects the same lr and every member's test metric is within 0.002)
   realsize      peak RSS loading real-size blip2-opt-2.7b for extraction / fp32 bytes of vision, Q-Former,
                 queries and projection (<= 1.3); runs only with --real-size (writes ~15.5 GB to disk and deletes it)
 """
@@ -51,7 +54,8 @@ import transformers
 from spatialbench.run.report import quiet_libraries
 from spatialbench.registry import resolve_card
 
-FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "memory", "training", "cache", "realsize")
+FIGURES = ("extraction", "warm", "throughput", "pipeline", "joint", "grid", "batched", "memory", "training", "cache",
+           "realsize")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 QUICK_SIZES = {"train": 120, "validation": 30, "test": 60}
 JOINT_SIZES = {"train": 96, "validation": 16, "test": 16}
@@ -198,6 +202,19 @@ class Bench:
             # 9 (S + f) / (S + 9 f) with S the per-process overhead and f one fit: >= 2 while f <= 7/9 S
             model_ratio=round(9 * (s + f) / (s + 9 * f), 3), break_even_fit_s=round(7 / 9 * s, 2))
 
+    def batched(self) -> None:
+        import fits
+        from accelerate import Accelerator
+
+        task = synthtasks.variant(self.tasks_dir / "batched", "synth_relation", "bench_batched_relation",
+                                  sizes=QUICK_SIZES if self.args.quick else GRID_SIZES)
+        _, inputs = fits.task_inputs(task.name, str(self.card), self.cache, self.args.device, task=task)
+        r = fits.measure(task, inputs, 3, Accelerator(cpu=self.args.device == "cpu"))
+        ratio = r.pop("speedup")
+        ok = ratio >= 5 and r["same_selected_lr"] and r["max_test_difference"] <= 0.002
+        self.figures["batched_fit_speedup"] = figure(ratio, ">= 5", ok, **r, scenes=task.dataset.sizes,
+                                                     threads=torch.get_num_threads())
+
     def _warm_cache(self, names: list[str], directory: Path) -> None:
         """Extract the grid tasks' images (the same scenes as the synthetic group: usually already cached)."""
         from spatialbench.data.sources import load_task_data
@@ -331,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
                            "parameters": midsize.parameter_count(Path(resolve_card(str(bench.card)).checkpoint))}
         report["tasks"] = bench.selector if args.quick is False else f"{bench.selector} (sizes {QUICK_SIZES})"
         steps = {"extraction": bench.extraction_and_warm, "warm": bench.extraction_and_warm,
-                 "throughput": bench.throughput, "pipeline": bench.pipeline, "joint": bench.joint, "grid": bench.grid, "memory": bench.memory,
+                 "throughput": bench.throughput, "pipeline": bench.pipeline, "joint": bench.joint, "grid": bench.grid,
+                 "batched": bench.batched, "memory": bench.memory,
                  "training": bench.training, "cache": bench.cache_bytes, "realsize": bench.realsize}
         done = set()
         for name in only:
