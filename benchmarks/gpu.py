@@ -1,14 +1,18 @@
 """The GPU check: is extraction fed fast enough to keep a GPU busy? One command, a few minutes.
 
     python benchmarks/gpu.py [--device cuda] [--dtype bf16,fp32] [--workers 0,4,8] [--images 512]
-                             [--size real|mid] [--peak-tflops T] [--out FILE]
+                             [--size real|mid] [--peak-tflops T] [--parts extraction,fits] [--out FILE]
 
 Builds a real-size BLIP-2 vision encoder (ViT-g, 224 px) and Q-Former (12 layers, 32 queries) with
 random weights on the device (`--size mid`: benchmarks/midsize.py's widths, for a CPU smoke run), then per dtype:
   bare       images/s of vision encoder + Q-Former forwards on pre-made pixel batches (the device's ceiling);
   pipeline   images/s of FeatureStore.ensure on COCO-size JPEG files (decode, the real BLIP-2 preprocessing,
              forward, shard writes), at each worker count, and its share of `bare`;
-  mfu        FLOPs per image (counted by torch's FlopCounterMode on one forward) x bare images/s / peak.
+  mfu        FLOPs per image (counted by torch's FlopCounterMode on one forward) x bare images/s / peak;
+and once (--parts fits):
+  fits       probe fits/s of synth_relation's recipe (3 seeds x its lr grid, --fit-epochs each) on a BLIP-2-size
+             prompt (32 x 768, --fit-items rows), trained as one group (probing/group.py) / one at a time, and
+             whether the features were resident on the device (probing/visual.py's budget).
 The peak is --peak-tflops, else looked up from the device name (dense bf16 / tf32 tensor-core figures of
 the datasheets for the cards listed in PEAK_TFLOPS); without one, mfu is left out. Prints one JSON.
 """
@@ -129,6 +133,51 @@ def peak(device: str, dtype: str, given: float | None) -> float | None:
     return None if hit is None else hit[0 if dtype == "bfloat16" else 1]
 
 
+def batched_fits(device: str, epochs: int, items: int, seeds: int = 3) -> dict:
+    """Fits/s of one group against one at a time on random features with the answer in token 0 (the speed
+    of fitting is what is measured, not what the probe finds)."""
+    from accelerate import Accelerator
+
+    from spatialbench.probing.fit import ProbeInputs, Split, fit
+    from spatialbench.probing.group import Member, fit_group
+    from spatialbench.probing.heads import ProbeShape
+    from spatialbench.probing.visual import resident_budget, standardised
+    from spatialbench.registry import TaskRegistry
+
+    spec = TaskRegistry().get("synth_relation").probe
+    spec = spec.model_copy(update={"epochs": epochs, "patience": epochs})
+    g = torch.Generator().manual_seed(0)
+    n = {"train": items * 5 // 8, "validation": items // 8, "test": items // 4}
+    total, q, d, k = sum(n.values()), 32, 768, 4
+    target = torch.randint(0, k, (total,), generator=g)
+    features = torch.randn(total, q, d, generator=g)
+    features[torch.arange(total), 0, target] += 2.0
+    query = torch.randint(0, 6, (total, 2), generator=g)
+    splits, start = {}, 0
+    for name, count in n.items():
+        rows = torch.arange(start, start + count)
+        splits[name] = Split(rows, query[rows], target[rows], torch.full((count, 2), 224.0).numpy())
+        start += count
+    inputs = ProbeInputs(standardised(features, splits["train"].image), splits,
+                         ProbeShape(q, d, k, n_categories=6, n_slots=2), box=False)
+    accelerator = Accelerator(cpu=device == "cpu")
+    members = [Member(inputs, seed, lr) for seed in range(seeds) for lr in spec.lr]
+    _sync(device)
+    start_s = time.perf_counter()
+    for m in members:
+        fit(m.inputs, spec, m.seed, "accuracy", accelerator, lr=m.lr)
+    _sync(device)
+    alone = time.perf_counter() - start_s
+    start_s = time.perf_counter()
+    fit_group(members, spec, "accuracy", accelerator)
+    _sync(device)
+    grouped = time.perf_counter() - start_s
+    return {"members": len(members), "epochs": epochs, "items": n, "prompt": [q, d],
+            "features_mb": round(total * q * d * 4 / 2**20, 1), "resident_budget_mb": round(resident_budget(
+                accelerator.device) / 2**20, 1), "one_at_a_time_fits_per_s": round(len(members) / alone, 4),
+            "group_fits_per_s": round(len(members) / grouped, 4), "speedup": round(alone / grouped, 3)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,8 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="timed batches of the bare forward")
     parser.add_argument("--size", choices=["real", "mid"], default="real")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--parts", default="extraction,fits", help="extraction (per dtype), fits (once)")
+    parser.add_argument("--fit-epochs", type=int, default=5, help="epochs of every probe fit of the fits part")
+    parser.add_argument("--fit-items", type=int, default=2400, help="items of the fits part (train, val, test 5:1:2)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     import speed
 
     from spatialbench.run.report import quiet_libraries
@@ -152,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
               else "cpu", "size": args.size, "images": args.images, "batch_size": args.batch_size, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        requests = speed.jpeg_requests(work / "jpegs", args.images)
-        for dtype in dtypes:
+        requests = speed.jpeg_requests(work / "jpegs", args.images) if "extraction" in parts else []
+        for dtype in dtypes if "extraction" in parts else []:
             adapter = build_adapter(args.size, dtype, args.device)
             rate, flops = bare(adapter, args.batch_size, args.rounds)
             r = {"bare_images_per_s": round(rate, 1), "gflop_per_image": round(flops / 1e9, 1), "pipeline": {}}
@@ -167,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
             del adapter
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    if "fits" in parts:
+        report["fits"] = batched_fits(args.device, args.fit_epochs, args.fit_items)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
