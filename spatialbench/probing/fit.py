@@ -92,6 +92,10 @@ class Texts:
             self._resident = self._table(budget, chunk)
         return self._resident
 
+    def release(self) -> None:
+        """Forget the table resident() made (a process moving on to another task's fits)."""
+        self._resident = None
+
     def _table(self, budget: int, chunk: int) -> Texts:
         parts, total = [], 0
         for i in range(0, len(self.texts), chunk):

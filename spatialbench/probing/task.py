@@ -106,6 +106,13 @@ class TaskProbing:
             stacks[key].cells.append(cell)
         return out
 
+    def release(self) -> None:
+        """Drop what the task's fits keep resident between groups (its query texts' table): one task's at a
+        time, whichever the queue interleaves."""
+        for cond in self.plan:
+            if cond.inputs.text is not None:
+                cond.inputs.text.release()
+
     def cost(self, cells: list[Cell]) -> float:
         """A fit's relative cost, to order the queue longest first: epochs x training items x the values
         of a row its probe (or trained resampler) reads."""

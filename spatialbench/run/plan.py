@@ -8,9 +8,12 @@ prompts, the cache bytes the run adds (in the stored dtype), the probe fits, and
     model code is imported (interpreter, torch, the libraries, the examples: a run holds all of them)
   + the weights extraction loads (declared parameters x the card's dtype)
   + the larger of extraction's working set (batches in flight) and training's (one probe batch: its rows
-    read, mapped and standardised, and an implicit task's query embeddings).
+    read, mapped and standardised, and an implicit task's query embeddings; plus what a stack of fits
+    keeps resident: the task's query-embedding table and, on a CPU, its features, each up to
+    probing/visual.py's RESIDENT_BYTES).
 
-Nothing holds a task's features, so no term grows with the number of images but the per-item indices.
+Past that cap features stream from the cache, so no term grows without bound with the number of images
+but the per-item indices.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..errors import SpatialbenchError
 from ..features.store import MAX_PENDING, disk_bytes
 from ..probing import conditions
 from ..probing.cells import task_cells
+from ..probing.visual import RESIDENT_BYTES
 from ..registry import TaskRegistry
 from ..specs import ModelCard, RunConfig, TaskSpec, with_data_seed
 from .devices import resolve_stored_dtype
@@ -220,6 +224,8 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         except SpatialbenchError as e:
             plan.error = str(e).splitlines()[0]
     _import_runtime(family.runtime_class(card))
+    # --device cuda is planned for on a login node without one too
+    on_gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     base = rss_bytes()  # with every task's examples loaded and the model's code imported, as in a run
     for task, plan in zip(tasks, plans):
         if plan.error:
@@ -230,8 +236,12 @@ def estimate(config: RunConfig, tasks: list[TaskSpec], card: ModelCard, loaded: 
         layer_rows = sum(q * d * geo.stored for q, d in layers.values())  # a pending write per store
         extraction = (MAX_PENDING + 2) * config.batch_size * (geo.row_bytes(stored) + vision_row + layer_rows)
         training = 4 * batch * (prompt_row + (geo.values("vision_patches") * 4 if uses_vision and vision_row else 0))
-        if task.implicit:  # one batch of frozen query embeddings (the LLM's width: the projected prompt's)
-            training += 4 * batch * QUERY_TOKENS * geo.shapes.get("projected", geo.shapes[point])[1] * 4
+        text_row = QUERY_TOKENS * geo.shapes.get("projected", geo.shapes[point])[1] * 4  # the LLM's width
+        if task.implicit:  # one batch of frozen query embeddings, and the task's table of them where it fits
+            training += 4 * batch * text_row + min(RESIDENT_BYTES, sum(n or 0 for n in plan.items.values()) * text_row)
+        if not on_gpu:  # a stack of fits holds its features on the host: the largest condition's, up to the cap
+            vision = plan.images * geo.values("vision_patches") * 4 if "vision_patches" in config.baselines else 0
+            training += min(RESIDENT_BYTES, max(plan.prompts * prompt_row, vision))
         plan.peak_bytes = base + (weights or 0) + max(extraction, training)
     ok = [(t, p) for t, p in zip(tasks, plans) if p.error is None]
     counted = {kind: len(set().union(*(p.shared[kind] for _, p in ok if p.shared))) + _documented(ok, kind)

@@ -183,8 +183,14 @@ class Runner:
                 except Exception as e:
                     self._done(result, self._failed(task, e))
 
+        current: TaskProbing | None = None  # the task this process fitted last
+
         def fit(group: Group, cells: list[Cell]) -> None:
+            nonlocal current
             start = time.perf_counter()
+            if current is not None and current is not group.probing:
+                current.release()
+            current = group.probing
             group.probing.fit_all(cells, partial(tick, group.probing.task.name))
             prepared[group.probing.task.name].seconds += time.perf_counter() - start
 

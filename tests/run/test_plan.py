@@ -158,3 +158,26 @@ def test_plan_counts_every_fit_of_a_run_with_mdl_and_layers(golden_run):
     mdl_cells = [p for p in golden_run.cells.rglob("*mdl*.npz")]
     layer_cells = [p for p in golden_run.cells.rglob("resampler.1*.npz")]
     assert len(mdl_cells) == 3 * 2 and layer_cells  # both regimes of the three classification tasks; layers too
+
+
+def test_peak_ram_counts_the_features_a_stack_of_fits_holds_on_a_cpu_up_to_the_cap():
+    from spatialbench.probing.visual import RESIDENT_BYTES
+    from spatialbench.run.plan import estimate
+    from spatialbench.specs import RunConfig
+
+    card = ModelRegistry().get("blip2")
+    task = TaskRegistry().get("synth_relation")
+
+    def over(device, baselines):
+        """The task's peak RAM beyond the process's own resident set and the weights, from one plan."""
+        planned = estimate(RunConfig(model="blip2", tasks=[task.name], device=device, baselines=baselines), [task],
+                           card)
+        return planned.tasks[0].peak_bytes - planned.base_bytes - planned.weight_bytes, planned.tasks[0].prompts
+
+    on_cpu, prompts = over("cpu", ["blind"])
+    held = prompts * 32 * 2560 * 4  # every scene's float32 prompt: 0.77 GB, under the cap
+    assert held < RESIDENT_BYTES and held <= on_cpu < held + 2**27  # and one batch or so beside them
+    assert over("cuda", ["blind"])[0] < held  # on a GPU the stack's features are on the device
+    # vision_patches' 257 x 1408 features of 2,400 scenes are 3.5 GB: held up to the cap, the rest streams
+    # (beside a few batches of them in flight, 1.45 MB a row).
+    assert RESIDENT_BYTES <= over("cpu", ["blind", "vision_patches"])[0] < RESIDENT_BYTES + 2**29
